@@ -1,0 +1,10 @@
+"""Prometheus exporter for fleets of Letta Code environments."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("letta-environments-exporter")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,140 @@
+"""Command line: `letta-environments-exporter` and `python -m exporter`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from exporter import __version__, logs
+from exporter.client import EnvironmentsClient
+from exporter.config import Config, Secret, load_config
+from exporter.errors import ConfigError
+from exporter.poller import FleetState, Poller
+from exporter.selfmetrics import ExporterMetrics
+from exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_background
+
+log = logging.getLogger("exporter")
+PROG = "letta-environments-exporter"
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    try:
+        invocation = load_config(
+            sys.argv[1:] if argv is None else argv, os.environ if environ is None else environ
+        )
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    config = invocation.config
+    logs.configure(config.log_level, config.log_format)
+    simulator = None
+    if config.demo:
+        from exporter.simulator import start_simulator
+
+        simulator = start_simulator(fleet_size=config.demo_fleet_size)
+        config = replace(
+            config, base_url=simulator.url, api_key=config.api_key or Secret("demo-key")
+        )
+    try:
+        if invocation.once:
+            return _run_once(config)
+        return _run_forever(config)
+    finally:
+        if simulator is not None:
+            simulator.close()
+
+
+def _run_once(config: Config) -> int:
+    metrics = ExporterMetrics(config.poll_interval, process=False)
+    state = FleetState()
+    client = EnvironmentsClient(config, observe=metrics.observe_request)
+    try:
+        ok = Poller(config, client, state, metrics).poll_once()
+    finally:
+        client.close()
+    fleet = state.fleet
+    if not ok or fleet is None:
+        print(f"{PROG}: error: the poll failed (see the log above)", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(fleet.plain + metrics.render())
+    sys.stdout.flush()
+    return 0
+
+
+def _run_forever(config: Config) -> int:
+    metrics = ExporterMetrics(config.poll_interval)
+    state = FleetState()
+    client = EnvironmentsClient(config, observe=metrics.observe_request)
+    poller = Poller(config, client, state, metrics)
+    try:
+        host, port = parse_listen_address(config.listen_address)
+        server = ExporterHTTPServer(
+            (host, port),
+            state=state,
+            metrics=metrics,
+            telemetry_path=config.telemetry_path,
+            max_data_age=config.effective_max_data_age,
+        )
+    except OSError as exc:
+        print(
+            f"{PROG}: error: cannot listen on {config.listen_address}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        client.close()
+        return 2
+    serve_in_background(server)
+    bound_host, bound_port = server.server_address[:2]
+    shown = "localhost" if host in ("0.0.0.0", "") else bound_host
+    log.info(
+        "letta-environments-exporter %s polling %s every %gs; metrics at http://%s:%s%s",
+        __version__,
+        config.base_url,
+        config.poll_interval,
+        shown,
+        bound_port,
+        config.telemetry_path,
+    )
+    if config.demo:
+        print(
+            f"Demo: simulated fleet at {config.base_url}; open "
+            f"http://{shown}:{bound_port}{config.telemetry_path} (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.add_job(
+        poller.poll_once,
+        IntervalTrigger(seconds=config.poll_interval, jitter=config.poll_jitter or None),
+        id="poll",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+        next_run_time=datetime.now(UTC),
+    )
+    scheduler.start()
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    stop.wait()
+    log.info("shutting down")
+    scheduler.shutdown(wait=False)
+    server.shutdown()
+    server.server_close()
+    client.close()
+    return 0

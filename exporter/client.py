@@ -1,0 +1,210 @@
+"""HTTP client of the Letta Environments API: cursor pagination, retries, guards.
+
+It knows nothing of metrics: each request's outcome is reported to an optional observer
+(``"200"``, ``"429"``, ``"timeout"``, ...), and failures are raised as ``UpstreamError``s.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from exporter import __version__
+from exporter.config import Config
+from exporter.errors import (
+    AuthError,
+    HTTPStatusError,
+    InvalidResponseError,
+    PaginationError,
+    RateLimitedError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from exporter.models import InvalidJSONError, ParsedPage, ValidationError, parse_page
+
+log = logging.getLogger(__name__)
+
+LIST_PATH = "/v1/environments"
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPage:
+    """A parsed page and the wall-clock time its body arrived."""
+
+    page: ParsedPage
+    received_at: float
+
+
+def parse_retry_after(headers: httpx.Headers, now: float) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` in seconds or as an HTTP date."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class EnvironmentsClient:
+    """Pages through `GET /v1/environments` with one reused `httpx.Client`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        observe: Callable[[str], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._config = config
+        self._observe = observe or (lambda code: None)
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._wall_clock = wall_clock
+        self._jitter = jitter
+        self._not_before = 0.0  # monotonic time before which upstream asked us not to call
+        verify: ssl.SSLContext | bool = True
+        if config.ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(config.ca_file))
+        self._http = httpx.Client(
+            base_url=config.base_url,
+            headers={
+                "Authorization": f"Bearer {config.api_key.reveal()}",
+                "Accept": "application/json",
+                "User-Agent": f"letta-environments-exporter/{__version__}",
+            },
+            timeout=config.request_timeout,
+            verify=verify,
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __repr__(self) -> str:
+        return f"EnvironmentsClient(base_url={self._config.base_url!r})"
+
+    def iter_pages(self, deadline: float) -> Iterator[FetchedPage]:
+        """Every page of the list, in order; ``deadline`` is a `time.monotonic()` value."""
+        params: dict[str, str] = {"limit": str(self._config.page_size)}
+        if self._config.online_only:
+            params["onlineOnly"] = "true"
+        if self._config.source:
+            params["source"] = self._config.source
+        if self._config.user_id:
+            params["userId"] = self._config.user_id
+        cursors: set[str] = set()
+        for number in range(1, self._config.max_pages + 1):
+            body = self._get(params, deadline)
+            try:
+                page = parse_page(body)
+            except InvalidJSONError as exc:
+                raise InvalidResponseError(f"page {number}: {exc}") from None
+            except ValidationError as exc:
+                first = exc.errors(include_url=False, include_input=False)[0]
+                where = ".".join(str(part) for part in first["loc"]) or "body"
+                raise InvalidResponseError(
+                    f"page {number}: not an environment list ({where}: {first['msg']})"
+                ) from None
+            yield FetchedPage(page=page, received_at=self._wall_clock())
+            if not page.has_next_page:
+                return
+            if page.last_id is None:
+                raise PaginationError(f"page {number} is empty but hasNextPage is true")
+            if page.last_id in cursors:
+                raise PaginationError(f"page {number} repeats cursor {page.last_id[:64]!r}")
+            cursors.add(page.last_id)
+            params["after"] = page.last_id
+        raise PaginationError(f"more than --letta.max-pages={self._config.max_pages} pages")
+
+    def _get(self, params: dict[str, str], deadline: float) -> bytes:
+        """One page's body, with retries; raises an ``UpstreamError`` when it cannot."""
+        attempt = 0
+        while True:
+            self._wait_until(self._not_before, deadline)
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                raise UpstreamTimeoutError("the poll's deadline passed before the page arrived")
+            error: UpstreamError
+            retry_after: float | None = None
+            try:
+                response = self._http.get(
+                    LIST_PATH, params=params, timeout=min(self._config.request_timeout, remaining)
+                )
+            except httpx.TimeoutException as exc:
+                self._observe("timeout")
+                error = UpstreamTimeoutError(f"{type(exc).__name__} calling {LIST_PATH}")
+            except httpx.TransportError as exc:
+                self._observe("connection_error")
+                error = UpstreamConnectionError(f"{type(exc).__name__} calling {LIST_PATH}")
+            else:
+                status = response.status_code
+                self._observe(str(status))
+                if 200 <= status < 300:
+                    return response.content
+                if status in (401, 403):
+                    raise AuthError(
+                        f"HTTP {status} from {LIST_PATH}: the API key is invalid or not allowed "
+                        "to list environments"
+                    )
+                retry_after = parse_retry_after(response.headers, self._wall_clock())
+                if status == 429:
+                    error = RateLimitedError(f"HTTP 429 from {LIST_PATH}")
+                else:
+                    error = HTTPStatusError(f"HTTP {status} from {LIST_PATH}")
+                if status not in RETRYABLE_STATUS and status < 500:
+                    raise error
+            if retry_after is not None:
+                self._not_before = self._monotonic() + retry_after
+            if attempt >= self._config.max_retries:
+                raise _with_note(error, f"after {attempt + 1} attempt(s)")
+            delay = retry_after if retry_after is not None else self._backoff(attempt)
+            if self._monotonic() + delay >= deadline:
+                raise _with_note(error, "the next retry would pass the poll's deadline")
+            log.debug("retrying %s in %.2fs: %s", LIST_PATH, delay, error)
+            self._sleep(delay)
+            attempt += 1
+
+    def _backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with full jitter."""
+        ceiling = min(self._config.retry_backoff_max, self._config.retry_backoff * 2**attempt)
+        return ceiling * self._jitter()
+
+    def _wait_until(self, not_before: float, deadline: float) -> None:
+        delay = not_before - self._monotonic()
+        if delay <= 0:
+            return
+        if self._monotonic() + delay >= deadline:
+            raise RateLimitedError("upstream asked to wait (Retry-After) past the poll's deadline")
+        self._sleep(delay)
+
+
+def _with_note(error: UpstreamError, note: str) -> UpstreamError:
+    return type(error)(f"{error} ({note})")

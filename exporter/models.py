@@ -1,0 +1,154 @@
+"""Frozen models of the Letta Environments API, parsed at the edge.
+
+They follow the reference (`GET /v1/environments`) field for field; unknown fields are ignored
+and types are strict, so a row of the wrong shape fails validation instead of being coerced.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "Connection",
+    "EnvironmentListResponse",
+    "InvalidJSONError",
+    "Metadata",
+    "ParsedPage",
+    "SelfUpdate",
+    "ValidationError",
+    "parse_page",
+]
+
+_CONFIG = ConfigDict(frozen=True, extra="ignore", strict=True, populate_by_name=True)
+
+
+class SelfUpdate(BaseModel):
+    """What a Letta Code install says about updating itself."""
+
+    model_config = _CONFIG
+
+    supported: bool
+    writable: bool
+    install_path: str | None = None
+    manual_command: str | None = None
+    reason: str | None = None
+
+
+class Metadata(BaseModel):
+    """Optional facts a Letta Code client reports about itself."""
+
+    model_config = _CONFIG
+
+    git_branch: str | None = Field(default=None, alias="gitBranch")
+    letta_code_version: str | None = Field(default=None, alias="lettaCodeVersion")
+    node_version: str | None = Field(default=None, alias="nodeVersion")
+    os: str | None = None
+    self_update: SelfUpdate | None = None
+    # Lax only so that a JSON list becomes a tuple on the python path; items stay strict str.
+    supported_commands: tuple[str, ...] | None = Field(default=None, strict=False)
+    working_directory: str | None = Field(default=None, alias="workingDirectory")
+
+
+class Connection(BaseModel):
+    """One row of the list: an environment and its (possibly absent) live lease.
+
+    Timestamps are epoch milliseconds, as upstream sends them.
+    """
+
+    model_config = _CONFIG
+
+    id: str
+    connected_at: float | None = Field(alias="connectedAt")
+    connection_id: str | None = Field(alias="connectionId")
+    connection_name: str = Field(alias="connectionName")
+    device_id: str = Field(alias="deviceId")
+    first_seen_at: float = Field(alias="firstSeenAt")
+    last_heartbeat: float | None = Field(alias="lastHeartbeat")
+    last_seen_at: float = Field(alias="lastSeenAt")
+    organization_id: str = Field(alias="organizationId")
+    pod_id: str | None = Field(alias="podId")
+    api_key_owner: str | None = Field(default=None, alias="apiKeyOwner")
+    current_mode: str | None = Field(default=None, alias="currentMode")
+    metadata: Metadata | None = None
+    user_id: str | None = Field(default=None, alias="userId")
+
+
+class EnvironmentListResponse(BaseModel):
+    """One page of `GET /v1/environments`."""
+
+    model_config = _CONFIG
+
+    connections: tuple[Connection, ...]
+    has_next_page: bool = Field(alias="hasNextPage")
+
+
+class _LoosePage(BaseModel):
+    """The page envelope alone, so that one bad row does not cost the whole page."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    connections: list[Any]
+    has_next_page: bool = Field(alias="hasNextPage")
+
+
+class ParsedPage(BaseModel):
+    """A page after validation: the valid rows and what was wrong with the others."""
+
+    model_config = ConfigDict(frozen=True)
+
+    connections: tuple[Connection, ...]
+    has_next_page: bool
+    last_id: str | None
+    """The cursor for the next page: the `id` of the page's last row that has one."""
+    invalid: tuple[str, ...] = ()
+
+
+def parse_page(body: bytes) -> ParsedPage:
+    """Parse one page; invalid rows are returned as short error texts, not raised.
+
+    Raises ``ValidationError`` when the envelope itself is not the documented shape.
+    """
+    try:
+        page = EnvironmentListResponse.model_validate_json(body)
+    except ValidationError:
+        pass  # fall through to row-by-row validation below
+    else:
+        last_id = page.connections[-1].id if page.connections else None
+        return ParsedPage(
+            connections=page.connections, has_next_page=page.has_next_page, last_id=last_id
+        )
+    try:
+        # The stdlib decoder also accepts what the fast one refuses (lone surrogates, say).
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidJSONError(f"body is not JSON: {type(exc).__name__}") from None
+    loose = _LoosePage.model_validate(document)
+    rows: list[Connection] = []
+    invalid: list[str] = []
+    for index, row in enumerate(loose.connections):
+        try:
+            rows.append(Connection.model_validate(row))
+        except ValidationError as exc:
+            invalid.append(_describe(index, exc))
+    ids = [row.get("id") for row in loose.connections if isinstance(row, dict)]
+    last_id = next((value for value in reversed(ids) if isinstance(value, str)), None)
+    return ParsedPage(
+        connections=tuple(rows),
+        has_next_page=loose.has_next_page,
+        last_id=last_id,
+        invalid=tuple(invalid),
+    )
+
+
+class InvalidJSONError(ValueError):
+    """The body is not JSON at all."""
+
+
+def _describe(index: int, exc: ValidationError) -> str:
+    """A one-line account of why a row failed, without echoing its values."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "row"
+    return f"row {index}: {where}: {first['msg']} ({exc.error_count()} error(s))"

@@ -1,0 +1,72 @@
+"""The exporter's own metrics, in an explicit registry (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.exposition import generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from exporter import __version__
+from exporter.errors import POLL_RESULTS
+
+# `_created` series double every counter for no use to this exporter's readers.
+disable_created_metrics()
+
+
+class ExporterMetrics:
+    """Counters and gauges about polling, updated by the poller, rendered at scrape time."""
+
+    def __init__(self, poll_interval: float, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.up = Gauge(
+            "letta_exporter_up", "1 when the last poll of the Letta API succeeded.", registry=r
+        )
+        self.last_success = Gauge(
+            "letta_exporter_last_success_timestamp_seconds",
+            "End time of the last successful poll, 0 before the first.",
+            registry=r,
+        )
+        self.poll_duration = Gauge(
+            "letta_exporter_poll_duration_seconds", "Wall time of the last poll.", registry=r
+        )
+        self.poll_interval = Gauge(
+            "letta_exporter_poll_interval_seconds", "The configured poll interval.", registry=r
+        )
+        self.polls = Counter(
+            "letta_exporter_polls", "Polls of the Letta API by result.", ["result"], registry=r
+        )
+        self.api_requests = Counter(
+            "letta_exporter_api_requests",
+            "Requests to the Letta API by HTTP status code, or timeout / connection_error.",
+            ["code"],
+            registry=r,
+        )
+        self.invalid_records = Counter(
+            "letta_exporter_invalid_records",
+            "Upstream rows skipped because they failed validation.",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "letta_exporter_environments_dropped",
+            "Environments left without per-environment series because of the cap, per poll.",
+            registry=r,
+        )
+        build = Gauge(
+            "letta_exporter_build_info",
+            "The exporter's version, valued 1.",
+            ["version"],
+            registry=r,
+        )
+        build.labels(version=__version__).set(1)
+        self.poll_interval.set(poll_interval)
+        for result in POLL_RESULTS:
+            self.polls.labels(result=result)
+        if process:
+            ProcessCollector(registry=r)
+
+    def observe_request(self, code: str) -> None:
+        self.api_requests.labels(code=code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

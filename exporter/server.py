@@ -1,0 +1,144 @@
+"""HTTP server: /metrics, /, /-/healthy, /-/ready. It never calls upstream or parses JSON.
+
+A scrape concatenates the fleet bytes rendered at the last poll with the exporter's own small
+registry; gzip is a second member appended to the pre-compressed fleet (RFC 1952 allows it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from exporter import __version__
+from exporter.exposition import CONTENT_TYPE
+from exporter.poller import FleetState
+from exporter.selfmetrics import ExporterMetrics
+
+log = logging.getLogger(__name__)
+
+CONNECTION_TIMEOUT = 10.0  # seconds a client may take to send its request: slow clients lose
+
+
+class ExporterHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        state: FleetState,
+        metrics: ExporterMetrics,
+        telemetry_path: str,
+        max_data_age: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.telemetry_path = telemetry_path
+        self.max_data_age = max_data_age
+        self.monotonic = monotonic
+        super().__init__(address, MetricsHandler)
+
+    def body(self, gzipped: bool) -> bytes:
+        """The exposition for one scrape; fleet bytes are withdrawn once they are too old."""
+        own = self.metrics.render()
+        fleet = self.state.fresh_fleet(self.max_data_age, self.monotonic())
+        if gzipped:
+            own_gz = gzip.compress(own, compresslevel=1, mtime=0)
+            return own_gz if fleet is None else fleet.gzipped + own_gz
+        return own if fleet is None else fleet.plain + own
+
+
+class MetricsHandler(BaseHTTPRequestHandler):
+    server: ExporterHTTPServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else small responses stall ~40 ms on delayed ACKs
+    timeout = CONNECTION_TIMEOUT
+    server_version = f"letta-environments-exporter/{__version__}"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _serve(self, *, head: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == self.server.telemetry_path:
+            gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+            body = self.server.body(gzipped)
+            extra = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gzipped else {}
+            self._send(200, CONTENT_TYPE, body, head=head, headers=extra)
+        elif path == "/":
+            self._send(
+                200, "text/html; charset=utf-8", _landing(self.server.telemetry_path), head=head
+            )
+        elif path == "/-/healthy":
+            self._send(200, "text/plain; charset=utf-8", b"OK\n", head=head)
+        elif path == "/-/ready":
+            if self.server.state.ready:
+                self._send(200, "text/plain; charset=utf-8", b"OK\n", head=head)
+            else:
+                self._send(
+                    503,
+                    "text/plain; charset=utf-8",
+                    b"Not ready: no successful poll yet\n",
+                    head=head,
+                )
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"Not found\n", head=head)
+
+    def _send(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        *,
+        head: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def _landing(telemetry_path: str) -> bytes:
+    path = html.escape(telemetry_path)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Letta Environments Exporter</title></head>
+<body><h1>Letta Environments Exporter</h1>
+<p>Version {html.escape(__version__)}.</p>
+<ul>
+<li><a href="{path}">Metrics</a></li>
+<li><a href="/-/healthy">Health</a></li>
+<li><a href="/-/ready">Readiness</a> (after the first successful poll)</li>
+</ul></body></html>
+""".encode()
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def serve_in_background(server: ExporterHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    return thread
