@@ -12,8 +12,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from types import FrameType
 
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from exporter import __version__, logs
 from exporter.client import EnvironmentsClient
@@ -93,8 +93,8 @@ def _run_forever(config: Config) -> int:
         client.close()
         return 2
     serve_in_background(server)
-    bound_host, bound_port = server.server_address[:2]
-    shown = "localhost" if host in ("0.0.0.0", "") else bound_host
+    bound_port = server.server_port
+    shown = "localhost" if host in ("0.0.0.0", "") else host
     log.info(
         "letta-environments-exporter %s polling %s every %gs; metrics at http://%s:%s%s",
         __version__,

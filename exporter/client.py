@@ -195,7 +195,7 @@ class EnvironmentsClient:
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with full jitter."""
         ceiling = min(self._config.retry_backoff_max, self._config.retry_backoff * 2**attempt)
-        return ceiling * self._jitter()
+        return float(ceiling * self._jitter())
 
     def _wait_until(self, not_before: float, deadline: float) -> None:
         delay = not_before - self._monotonic()

@@ -205,7 +205,7 @@ def heartbeat_age_family(views: list[EnvironmentView], bounds: tuple[float, ...]
     for bound in bounds:
         while index < len(ages) and ages[index] <= bound:
             index += 1
-        samples.append(("_bucket", labels((("le", format_value(bound)),)), index))
+        samples.append(("_bucket", labels((("le", repr(float(bound))),)), index))
     samples.append(("_bucket", labels((("le", "+Inf"),)), len(ages)))
     samples.append(("_sum", "", sum(ages)))
     samples.append(("_count", "", len(ages)))

@@ -10,7 +10,7 @@ from exporter import __version__
 from exporter.errors import POLL_RESULTS
 
 # `_created` series double every counter for no use to this exporter's readers.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class ExporterMetrics:

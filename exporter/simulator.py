@@ -306,11 +306,12 @@ class SimulatedFleet:
         with self._lock:
             self.requests += 1
             faults = self.faults
-            if faults.count is not None:
-                if faults.count <= 0:
+            remaining = faults.count
+            if remaining is not None:
+                if remaining <= 0:
                     faults = self.faults = Faults()
                 else:
-                    self.faults = replace(faults, count=faults.count - 1)
+                    self.faults = replace(faults, count=remaining - 1)
         if faults.latency_ms:
             time.sleep(faults.latency_ms / 1000)
         if faults.status is not None:

@@ -1,0 +1,104 @@
+"""Shared fixtures: real servers on loopback, real tools, no mocks where the real thing runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.config import Config, Secret
+from exporter.simulator import SimulatorHTTPServer, start_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-key-0123456789"
+
+
+def require_tool(name: str, *alternatives: str) -> str:
+    """The path of a tool the test command installs; a missing one fails, never skips."""
+    for candidate in (name, *alternatives):
+        path = shutil.which(candidate)
+        if path:
+            return path
+    pytest.fail(
+        f"{name} is not installed: run the README's test command (make test), "
+        "which installs it from Debian's packages"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_config(**overrides: Any) -> Config:
+    base = Config(api_key=Secret(API_KEY), base_url="http://upstream.test", poll_jitter=0.0)
+    return replace(base, **overrides)
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorHTTPServer]:
+    server = start_simulator(fleet_size=60, seed=3, api_key=API_KEY, churn=False)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@contextmanager
+def exporter_process(
+    *args: str, env: dict[str, str] | None = None, ready: bool = True
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run the real CLI (`python -m exporter`) on a free loopback port; yields its URL."""
+    port = free_port()
+    full_env = {**os.environ, "LETTA_API_KEY": API_KEY, **(env or {})}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        path = "/-/ready" if ready else "/-/healthy"
+        wait_until(
+            lambda: httpx.get(url + path, timeout=1).status_code == 200,
+            20,
+            f"the exporter's {path}",
+        )
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,245 @@
+"""Fleet families as pure functions of a snapshot: states, labels, counts, caps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.families import classify, latest_version, normalise_mode, render_fleet, view
+from exporter.models import Connection
+from exporter.snapshot import SnapshotBuilder
+from tests.conftest import make_config
+from tests.fleet import FIXTURE_TIME, fixture_snapshot, snapshot_from
+
+T_MS = int(FIXTURE_TIME * 1000)
+
+
+def _samples(text: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for metric in text_string_to_metric_families(text.decode()):
+        for sample in metric.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def _total(samples: list[tuple[dict[str, str], float]], **match: str) -> float:
+    return sum(v for labels, v in samples if all(labels.get(k) == x for k, x in match.items()))
+
+
+def _connection(**overrides: Any) -> Connection:
+    row = {
+        "id": "e",
+        "connectedAt": T_MS,
+        "connectionId": "c",
+        "connectionName": "n",
+        "deviceId": "d",
+        "firstSeenAt": 0,
+        "lastHeartbeat": T_MS,
+        "lastSeenAt": T_MS,
+        "organizationId": "o",
+        "podId": None,
+        **overrides,
+    }
+    return Connection.model_validate_json(json.dumps(row))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "state"),
+    [
+        ({}, "online"),
+        ({"lastHeartbeat": T_MS - 119_999}, "online"),
+        ({"lastHeartbeat": T_MS - 120_000}, "stale"),
+        ({"lastHeartbeat": None}, "stale"),
+        ({"lastHeartbeat": T_MS + 3_600_000}, "online"),  # clock skew: from the future
+        ({"connectionId": None}, "offline"),
+        ({"connectionId": None, "lastHeartbeat": T_MS}, "offline"),
+    ],
+)
+def test_state_is_judged_at_fetch_time(overrides: dict[str, Any], state: str) -> None:
+    assert classify(_connection(**overrides), FIXTURE_TIME, 120.0) == state
+
+
+@pytest.mark.parametrize(
+    ("raw", "mode"),
+    [
+        ("default", "standard"),
+        ("bypassPermissions", "unrestricted"),
+        ("standard", "standard"),
+        ("acceptEdits", "acceptEdits"),
+        ("strict", "strict"),
+        ("plan", "plan"),
+        (None, "unknown"),
+        ("", "unknown"),
+        ("x" * 500, "x" * 64),
+    ],
+)
+def test_modes_are_normalised_and_unknown_ones_pass_through_bounded(
+    raw: str | None, mode: str
+) -> None:
+    assert normalise_mode(raw) == mode
+
+
+def test_fixture_fleet_counts() -> None:
+    s = _samples(render_fleet(fixture_snapshot(), make_config()).text)
+    envs = s["letta_environments"]
+    assert _total(envs) == 8  # the ninth row is invalid and never counted
+    assert _total(envs, state="online") == 4  # a, b, f (119 s) and g (future heartbeat)
+    assert _total(envs, state="stale") == 3  # c (400 s), d (no heartbeat), h (121 s)
+    assert _total(envs, state="offline") == 1
+    assert _total(envs, mode="standard") == 2  # a and b ("default")
+    assert _total(envs, mode="unrestricted") == 2  # c ("bypassPermissions") and h
+    assert _total(envs, mode="unknown", os="unknown", version="unknown") == 1  # d
+    assert _total(envs, mode="plan", os="freebsd", version="weird-build") == 1
+    assert s["letta_environments_latest_version_info"] == [
+        ({"version": "0.32.18", "source": "observed"}, 1.0)
+    ]
+    outdated = {labels["state"]: v for labels, v in s["letta_environments_outdated"]}
+    # b (0.32.17) online, c (0.32.18-next.1: a prerelease is older) stale, e (0.29.0) offline;
+    # f's unparseable and d's unknown versions never count.
+    assert outdated == {"online": 1.0, "stale": 1.0, "offline": 1.0}
+    updates = {
+        (lb["supported"], lb["writable"]): v for lb, v in s["letta_environments_self_update"]
+    }
+    assert updates == {
+        ("true", "true"): 1,
+        ("true", "false"): 1,
+        ("false", "false"): 1,
+        ("unknown", "unknown"): 4,
+    }
+    assert sum(updates.values()) == 7  # connected only: e is offline
+
+
+def test_heartbeat_histogram_covers_connected_environments_with_a_heartbeat() -> None:
+    s = _samples(render_fleet(fixture_snapshot(), make_config()).text)
+    buckets = {lb["le"]: v for lb, v in s["letta_environments_heartbeat_age_seconds_bucket"]}
+    # Ages: a 10, b 45, c 400, f 119, g 0 (future, clamped), h 121; d has none, e offline.
+    assert buckets["15.0"] == 2
+    assert buckets["60.0"] == 3
+    assert buckets["120.0"] == 4
+    assert buckets["300.0"] == 5
+    assert buckets["600.0"] == 6
+    assert buckets["+Inf"] == 6
+    assert s["letta_environments_heartbeat_age_seconds_count"] == [({}, 6.0)]
+    assert s["letta_environments_heartbeat_age_seconds_sum"] == [({}, 695.0)]
+
+
+def test_heartbeat_buckets_are_configurable() -> None:
+    s = _samples(
+        render_fleet(fixture_snapshot(), make_config(heartbeat_buckets=(60.0, 600.0))).text
+    )
+    les = [lb["le"] for lb, _ in s["letta_environments_heartbeat_age_seconds_bucket"]]
+    assert les == ["60.0", "600.0", "+Inf"]
+
+
+def test_per_environment_series_omit_null_timestamps() -> None:
+    s = _samples(render_fleet(fixture_snapshot(), make_config()).text)
+    info = {lb["environment_id"]: lb for lb, _ in s["letta_environment_info"]}
+    assert len(info) == 8
+    assert info["env-a"] == {
+        "environment_id": "env-a",
+        "device_id": "dev-a",
+        "connection_name": "host-a",
+        "os": "darwin",
+        "mode": "standard",
+        "version": "0.32.18",
+        "node_version": "v22.11.0",
+        "user_id": "user-1",
+    }
+    assert info["env-g"]["connection_name"] == 'quote " back \\ new\nline {brace} \U0001f600'
+    connected = {lb["environment_id"]: v for lb, v in s["letta_environment_connected"]}
+    assert connected["env-e"] == 0
+    assert connected["env-a"] == 1
+    heartbeats = {
+        lb["environment_id"] for lb, _ in s["letta_environment_last_heartbeat_timestamp_seconds"]
+    }
+    assert "env-d" not in heartbeats
+    assert len(heartbeats) == 7
+    leases = {
+        lb["environment_id"]: v for lb, v in s["letta_environment_connected_timestamp_seconds"]
+    }
+    assert "env-e" not in leases
+    assert leases["env-a"] == FIXTURE_TIME - 3600
+
+
+def test_private_labels_are_absent_unless_allowed() -> None:
+    plain = render_fleet(fixture_snapshot(), make_config()).text
+    assert b"secret-project" not in plain
+    assert b"secret-feature" not in plain
+    allowed = render_fleet(
+        fixture_snapshot(),
+        make_config(environment_extra_labels=("working_directory", "git_branch")),
+    ).text
+    info = {lb["environment_id"]: lb for lb, _ in _samples(allowed)["letta_environment_info"]}
+    assert info["env-a"]["working_directory"] == "/Users/alice/src/secret-project"
+    assert info["env-a"]["git_branch"] == "alice/secret-feature"
+
+
+def test_the_environment_collector_can_be_turned_off() -> None:
+    text = render_fleet(fixture_snapshot(), make_config(collector_environment=False)).text
+    assert b"letta_environment_" not in text
+    assert b"letta_environments{" in text
+
+
+def test_the_cap_keeps_connected_environments_first_and_counts_the_rest() -> None:
+    rendered = render_fleet(fixture_snapshot(), make_config(environment_max=3))
+    assert rendered.dropped_environments == 5
+    ids = {lb["environment_id"] for lb, _ in _samples(rendered.text)["letta_environment_info"]}
+    assert ids == {"env-a", "env-b", "env-c"}  # connected, then by id; e (offline) never first
+    assert _total(_samples(rendered.text)["letta_environments"]) == 8  # aggregates keep all
+
+
+def test_no_release_in_the_fleet_means_no_current_version_and_nothing_outdated() -> None:
+    rows = [
+        {
+            "id": "x",
+            "connectedAt": None,
+            "connectionId": None,
+            "connectionName": "n",
+            "deviceId": "d",
+            "firstSeenAt": 0,
+            "lastHeartbeat": None,
+            "lastSeenAt": 0,
+            "organizationId": "o",
+            "podId": None,
+            "metadata": {"lettaCodeVersion": "1.0.0-next.1"},
+        }
+    ]
+    snap = snapshot_from(json.dumps({"connections": rows, "hasNextPage": False}).encode())
+    s = _samples(render_fleet(snap, make_config()).text)
+    assert "letta_environments_latest_version_info" not in s
+    assert _total(s["letta_environments_outdated"]) == 0
+
+
+def test_latest_version_orders_by_semver_not_by_text() -> None:
+    rows = [
+        _connection(id=str(i), metadata={"lettaCodeVersion": v})
+        for i, v in enumerate(["0.9.0", "0.10.0", "0.10.1-next.3", "v0.2.0"])
+    ]
+    builder = SnapshotBuilder()
+    builder.add(FIXTURE_TIME, tuple(rows), 0)
+    assert latest_version(view(builder.build(FIXTURE_TIME), 120)) == "0.10.0"
+
+
+def test_an_empty_fleet_renders_headers_and_zeros() -> None:
+    snap = snapshot_from(b'{"connections": [], "hasNextPage": false}')
+    s = _samples(render_fleet(snap, make_config()).text)
+    assert "letta_environments" not in s  # no combination is non-zero
+    assert _total(s["letta_environments_outdated"]) == 0
+    assert s["letta_environments_heartbeat_age_seconds_count"] == [({}, 0.0)]
+
+
+def test_rows_seen_on_two_pages_count_once() -> None:
+    builder = SnapshotBuilder()
+    builder.add(FIXTURE_TIME, (_connection(id="a"), _connection(id="b")), 0)
+    builder.add(FIXTURE_TIME, (_connection(id="b"), _connection(id="c")), 0)
+    snap = builder.build(FIXTURE_TIME)
+    assert len(snap) == 3
+    assert builder.duplicates == 1
+
+
+def test_rendering_is_a_pure_function_of_the_snapshot() -> None:
+    snap = fixture_snapshot()
+    assert render_fleet(snap, make_config()).text == render_fleet(snap, make_config()).text
