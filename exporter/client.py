@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from exporter import __version__
+from exporter import __version__, clock
 from exporter.config import Config
 from exporter.errors import (
     AuthError,
@@ -78,8 +78,8 @@ class EnvironmentsClient:
         transport: httpx.BaseTransport | None = None,
         observe: Callable[[str], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = clock.monotonic,
+        wall_clock: Callable[[], float] = clock.wall_clock,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._config = config

@@ -10,11 +10,11 @@ import gc
 import gzip
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from exporter import clock
 from exporter.client import EnvironmentsClient
 from exporter.config import Config
 from exporter.errors import UpstreamError
@@ -85,8 +85,8 @@ class Poller:
         state: FleetState,
         metrics: ExporterMetrics,
         *,
-        wall_clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = clock.wall_clock,
+        monotonic: Callable[[], float] = clock.monotonic,
     ) -> None:
         self._config = config
         self._client = client

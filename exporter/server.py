@@ -10,12 +10,11 @@ import gzip
 import html
 import logging
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from exporter import __version__
+from exporter import __version__, clock
 from exporter.exposition import CONTENT_TYPE
 from exporter.poller import FleetState
 from exporter.selfmetrics import ExporterMetrics
@@ -38,7 +37,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         metrics: ExporterMetrics,
         telemetry_path: str,
         max_data_age: float,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = clock.monotonic,
     ) -> None:
         self.state = state
         self.metrics = metrics

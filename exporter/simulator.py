@@ -34,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from exporter import clock as clocks
+
 log = logging.getLogger(__name__)
 
 LIST_PATH = "/v1/environments"
@@ -200,7 +202,7 @@ class SimulatedFleet:
     heartbeat_interval: float = 30.0
     churn: bool = True
     max_page_size: int = 1000
-    clock: Callable[[], float] = time.time
+    clock: Callable[[], float] = clocks.wall_clock
     specs: list[EnvironmentSpec] = field(init=False)
     faults: Faults = field(default_factory=Faults)
     silenced: dict[str, float] = field(default_factory=dict)
@@ -477,7 +479,7 @@ def start_simulator(
     heartbeat_interval: float = 30.0,
     churn: bool = True,
     max_page_size: int = 1000,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = clocks.wall_clock,
 ) -> SimulatorHTTPServer:
     """Serve a simulated fleet in a background thread; ``.url`` is its base URL."""
     fleet = SimulatedFleet(

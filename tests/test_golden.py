@@ -1,4 +1,4 @@
-"""Golden exposition of the fixture fleet; `UPDATE_GOLDEN=1 pytest tests/test_golden.py` rewrites it."""
+"""Golden exposition of the fixture fleet; `UPDATE_GOLDEN=1` rewrites the golden file."""
 
 from __future__ import annotations
 
