@@ -1,12 +1,11 @@
 """HTTP server: /metrics, /, /-/healthy, /-/ready. It never calls upstream or parses JSON.
 
 A scrape concatenates the fleet bytes rendered at the last poll with the exporter's own small
-registry; gzip is a second member appended to the pre-compressed fleet (RFC 1952 allows it).
+registry; with gzip, it finishes the fleet's pre-compressed, still open gzip member.
 """
 
 from __future__ import annotations
 
-import gzip
 import html
 import logging
 import threading
@@ -16,7 +15,7 @@ from typing import Any
 
 from exporter import __version__, clock
 from exporter.exposition import CONTENT_TYPE
-from exporter.poller import FleetState
+from exporter.poller import FleetState, gzip_member
 from exporter.selfmetrics import ExporterMetrics
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         own = self.metrics.render()
         fleet = self.state.fresh_fleet(self.max_data_age, self.monotonic())
         if gzipped:
-            own_gz = gzip.compress(own, compresslevel=1, mtime=0)
-            return own_gz if fleet is None else fleet.gzipped + own_gz
+            return gzip_member(own) if fleet is None else fleet.gzipped.finish(own)
         return own if fleet is None else fleet.plain + own
 
 
@@ -138,6 +136,8 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 
 
 def serve_in_background(server: ExporterHTTPServer) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="http", daemon=True
+    )
     thread.start()
     return thread

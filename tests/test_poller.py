@@ -19,11 +19,22 @@ from tests.conftest import make_config
 FROZEN = "2027-01-15 12:00:00"
 
 
-def _row(env_id: str, heartbeat_ms: int | None, connected: bool = True, **extra: Any) -> dict[str, Any]:
-    return {"id": env_id, "connectedAt": 0, "connectionId": "c" if connected else None,
-            "connectionName": env_id, "deviceId": "d", "firstSeenAt": 0,
-            "lastHeartbeat": heartbeat_ms, "lastSeenAt": 0, "organizationId": "o", "podId": None,
-            **extra}
+def _row(
+    env_id: str, heartbeat_ms: int | None, connected: bool = True, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "id": env_id,
+        "connectedAt": 0,
+        "connectionId": "c" if connected else None,
+        "connectionName": env_id,
+        "deviceId": "d",
+        "firstSeenAt": 0,
+        "lastHeartbeat": heartbeat_ms,
+        "lastSeenAt": 0,
+        "organizationId": "o",
+        "podId": None,
+        **extra,
+    }
 
 
 class Upstream:
@@ -40,15 +51,21 @@ class Upstream:
 
 
 def _page(*rows: dict[str, Any], more: bool = False) -> Callable[[httpx.Request], httpx.Response]:
-    return lambda request: httpx.Response(200, json={"connections": list(rows), "hasNextPage": more})
+    return lambda request: httpx.Response(
+        200, json={"connections": list(rows), "hasNextPage": more}
+    )
 
 
 def _poller(upstream: Upstream, **config: Any) -> tuple[Poller, FleetState, ExporterMetrics]:
     cfg = make_config(max_retries=0, **config)
     metrics = ExporterMetrics(cfg.poll_interval, process=False)
     state = FleetState()
-    client = EnvironmentsClient(cfg, transport=httpx.MockTransport(upstream),
-                                observe=metrics.observe_request, sleep=lambda s: None)
+    client = EnvironmentsClient(
+        cfg,
+        transport=httpx.MockTransport(upstream),
+        observe=metrics.observe_request,
+        sleep=lambda s: None,
+    )
     return Poller(cfg, client, state, metrics), state, metrics
 
 
@@ -76,8 +93,14 @@ def test_states_are_evaluated_with_the_clock_at_fetch_time() -> None:
         import time
 
         now_ms = int(time.time() * 1000)
-        upstream = Upstream(_page(_row("fresh", now_ms - 5_000), _row("old", now_ms - 600_000),
-                                  _row("none", None), _row("gone", now_ms, connected=False)))
+        upstream = Upstream(
+            _page(
+                _row("fresh", now_ms - 5_000),
+                _row("old", now_ms - 600_000),
+                _row("none", None),
+                _row("gone", now_ms, connected=False),
+            )
+        )
         poller, state, metrics = _poller(upstream)
         assert poller.poll_once()
         assert _states(state) == {"online": 1, "stale": 2, "offline": 1}
@@ -176,4 +199,5 @@ def test_gzip_bytes_hold_the_same_exposition() -> None:
     poller, state, _ = _poller(Upstream(_page(_row("a", None))))
     poller.poll_once()
     assert state.fleet is not None
-    assert gzip.decompress(state.fleet.gzipped) == state.fleet.plain
+    assert gzip.decompress(state.fleet.gzipped.finish(b"tail\n")) == state.fleet.plain + b"tail\n"
+    assert gzip.decompress(state.fleet.gzipped.finish(b"")) == state.fleet.plain
