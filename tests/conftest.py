@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,29 +73,44 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+class ExporterProcess:
+    """A running `python -m exporter` and the file its log goes to."""
+
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
 @contextmanager
 def exporter_process(
     *args: str, env: dict[str, str] | None = None, ready: bool = True
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Run the real CLI (`python -m exporter`) on a free loopback port; yields its URL."""
+) -> Iterator[ExporterProcess]:
+    """Run the real CLI (`python -m exporter`) on a free loopback port."""
     port = free_port()
     full_env = {**os.environ, "LETTA_API_KEY": API_KEY, **(env or {})}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}", *args],
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log_dir = Path(tempfile.mkdtemp(prefix="letta-exporter-log-"))
+    log_path = log_dir / "exporter.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}", *args],
+            env=full_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    running = ExporterProcess(f"http://127.0.0.1:{port}", process, log_path)
     try:
         path = "/-/ready" if ready else "/-/healthy"
         wait_until(
-            lambda: httpx.get(url + path, timeout=1).status_code == 200,
+            lambda: httpx.get(running.url + path, timeout=1).status_code == 200,
             20,
-            f"the exporter's {path}",
+            f"the exporter's {path} (log: {log_path})",
         )
-        yield url, process
+        yield running
     finally:
         process.terminate()
         try:
@@ -102,3 +118,4 @@ def exporter_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        shutil.rmtree(log_dir, ignore_errors=True)

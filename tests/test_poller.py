@@ -1,4 +1,4 @@
-"""The poll job: snapshots swap whole, failures keep the last good fleet, counted and logged once."""
+"""The poll job: whole snapshots, failures keep the last good fleet, counted and logged once."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def test_an_unexpected_bug_is_counted_and_does_not_escape(caplog: pytest.LogCapt
 
 def test_the_cap_drop_count_accumulates_per_poll() -> None:
     upstream = Upstream(_page(*[_row(f"e{i}", None) for i in range(5)]))
-    poller, state, metrics = _poller(upstream, environment_max=2)
+    poller, _, metrics = _poller(upstream, environment_max=2)
     poller.poll_once()
     poller.poll_once()
     assert _value(metrics, "letta_exporter_environments_dropped_total") == 6

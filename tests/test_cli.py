@@ -1,0 +1,268 @@
+"""The command line: configuration errors, --once, and the real CLI against the simulator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.config import Secret, load_config, parse_duration
+from exporter.errors import ConfigError
+from exporter.simulator import SimulatorHTTPServer
+from tests.conftest import API_KEY, ROOT, exporter_process, require_tool, wait_until
+
+FLEET_FAMILIES = {
+    "letta_environments",
+    "letta_environments_latest_version_info",
+    "letta_environments_outdated",
+    "letta_environments_self_update",
+    "letta_environments_heartbeat_age_seconds",
+    "letta_environment_info",
+    "letta_environment_connected",
+    "letta_environment_last_heartbeat_timestamp_seconds",
+    "letta_environment_last_seen_timestamp_seconds",
+    "letta_environment_connected_timestamp_seconds",
+    "letta_environment_first_seen_timestamp_seconds",
+}
+OWN_FAMILIES = {
+    "letta_exporter_up",
+    "letta_exporter_last_success_timestamp_seconds",
+    "letta_exporter_poll_duration_seconds",
+    "letta_exporter_poll_interval_seconds",
+    "letta_exporter_polls",
+    "letta_exporter_api_requests",
+    "letta_exporter_invalid_records",
+    "letta_exporter_build_info",
+    "letta_exporter_environments_dropped",
+}
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LETTA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("2m", 120),
+        ("1h30m", 5400),
+        ("250ms", 0.25),
+        ("45", 45),
+        ("0.5", 0.5),
+        ("1d", 86400),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "x", "10 s", "5y", "-3", "0", "1m-2s", "inf", "nan"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_every_config_error_is_reported_together() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            [
+                "--letta.poll-interval=soon",
+                "--letta.page-size=0",
+                "--letta.base-url=ftp://x",
+                "--web.listen-address=nowhere",
+            ],
+            {},
+        )
+    message = str(info.value)
+    for part in (
+        "--letta.poll-interval",
+        "--letta.page-size",
+        "--letta.base-url",
+        "--web.listen-address",
+        "no API key",
+    ):
+        assert part in message
+    assert "\n" not in message
+
+
+def test_precedence_flags_then_environment_then_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.yml"
+    config_file.write_text(
+        "letta:\n  base-url: https://file.example\n  poll-interval: 2m\n  page-size: 50\n"
+        "collector.environment: false\nweb.listen-address: ':9999'\n"
+    )
+    invocation = load_config(
+        [f"--config.file={config_file}", "--letta.page-size=75"],
+        {"LETTA_API_KEY": "k", "LETTA_BASE_URL": "https://env.example"},
+    )
+    config = invocation.config
+    assert config.base_url == "https://env.example"
+    assert config.page_size == 75
+    assert config.poll_interval == 120 and config.poll_jitter == 5.0
+    assert config.collector_environment is False and config.listen_address == ":9999"
+
+
+def test_defaults() -> None:
+    config = load_config([], {"LETTA_API_KEY": "k"}).config
+    assert config.base_url == "https://api.letta.com" and config.listen_address == ":8377"
+    assert config.poll_interval == 60 and config.page_size == 100
+    assert config.online_threshold == 120 and config.environment_max == 100_000
+    assert config.effective_max_data_age == 600 and config.effective_poll_timeout == 60
+    assert config.collector_environment and config.environment_extra_labels == ()
+
+
+def test_config_file_errors_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("letta:\n  poll-interval: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config([f"--config.file={bad}"], {"LETTA_API_KEY": "k"})
+    unknown = tmp_path / "unknown.yml"
+    unknown.write_text("letta:\n  poll-intervall: 30s\n")
+    with pytest.raises(ConfigError, match=r"unknown option 'letta\.poll-intervall'"):
+        load_config([f"--config.file={unknown}"], {"LETTA_API_KEY": "k"})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config([f"--config.file={tmp_path / 'missing.yml'}"], {"LETTA_API_KEY": "k"})
+
+
+def test_api_key_from_a_file_and_never_in_reprs(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file-42\n")
+    config = load_config([f"--letta.api-key-file={key_file}"], {}).config
+    assert config.api_key == Secret("sk-from-file-42")
+    assert "sk-from-file-42" not in repr(config) and "sk-from-file-42" not in str(config)
+    key_file.write_text("")
+    with pytest.raises(ConfigError, match="file is empty"):
+        load_config([f"--letta.api-key-file={key_file}"], {})
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragment"),
+    [
+        ([], {}, "no API key"),
+        (["--letta.poll-interval=often"], {"LETTA_API_KEY": "k"}, "invalid duration"),
+        ([], {"LETTA_API_KEY": "k", "LETTA_BASE_URL": "not a url"}, "not an http(s) URL"),
+        (["--no-such-flag"], {"LETTA_API_KEY": "k"}, "unrecognized arguments"),
+        (["--letta.source=cloud"], {"LETTA_API_KEY": "k"}, "must be one of local, remote"),
+        (["--collector.environment.extra-labels=home"], {"LETTA_API_KEY": "k"}, "unknown label"),
+    ],
+)
+def test_bad_configuration_is_one_line_exit_2_no_traceback(
+    args: list[str], env: dict[str, str], fragment: str
+) -> None:
+    result = _run(*args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("letta-environments-exporter: error:") and fragment in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_busy_port_is_a_clean_error(simulator: SimulatorHTTPServer) -> None:
+    host, port = simulator.server_address[:2]
+    result = _run(f"--web.listen-address={host!s}:{port}", env={"LETTA_API_KEY": "k"})
+    assert result.returncode == 2 and "cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_and_version() -> None:
+    result = _run("--help")
+    assert result.returncode == 0 and "--web.listen-address" in result.stdout
+    assert "--no-collector.environment" in result.stdout
+    assert _run("--version").stdout.startswith("letta-environments-exporter ")
+
+
+def test_once_prints_the_exposition_and_it_passes_promtool(simulator: SimulatorHTTPServer) -> None:
+    result = _run(
+        "--once",
+        f"--letta.base-url={simulator.url}",
+        "--letta.page-size=7",
+        env={"LETTA_API_KEY": API_KEY},
+    )
+    assert result.returncode == 0, result.stderr
+    families = {f.name for f in text_string_to_metric_families(result.stdout)}
+    assert families >= FLEET_FAMILIES | OWN_FAMILIES
+    environments = sum(
+        s.value
+        for f in text_string_to_metric_families(result.stdout)
+        for s in f.samples
+        if s.name == "letta_environments"
+    )
+    assert environments == 60
+    check = subprocess.run(
+        [require_tool("promtool"), "check", "metrics"],
+        input=result.stdout,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_once_fails_clearly_with_a_wrong_key(simulator: SimulatorHTTPServer) -> None:
+    result = _run(
+        "--once", f"--letta.base-url={simulator.url}", env={"LETTA_API_KEY": "wrong-key-xyz"}
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert "auth_error" in result.stderr and "the poll failed" in result.stderr
+    assert "wrong-key-xyz" not in result.stderr
+
+
+def test_the_real_cli_serves_every_family_from_the_simulator(
+    simulator: SimulatorHTTPServer,
+) -> None:
+    with exporter_process(
+        f"--letta.base-url={simulator.url}", "--letta.poll-interval=1s", "--letta.page-size=25"
+    ) as running:
+        url = running.url
+        text = httpx.get(f"{url}/metrics").text
+        families = {f.name for f in text_string_to_metric_families(text)}
+        assert families >= FLEET_FAMILIES | OWN_FAMILIES
+        check = subprocess.run(
+            [require_tool("promtool"), "check", "metrics"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        def polls() -> float:
+            for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+                for sample in family.samples:
+                    if (
+                        sample.name == "letta_exporter_polls_total"
+                        and sample.labels["result"] == "success"
+                    ):
+                        return sample.value
+            return 0.0
+
+        wait_until(lambda: polls() >= 3, 15, "three successful polls")
+        assert 'href="/metrics"' in httpx.get(f"{url}/").text
+
+
+def test_the_demo_runs_with_no_api_key() -> None:
+    with exporter_process("--demo", "--demo.fleet-size=30", env={"LETTA_API_KEY": ""}) as running:
+        url = running.url
+        text = httpx.get(f"{url}/metrics").text
+        total = sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "letta_environments"
+        )
+        assert total == 30
