@@ -491,7 +491,9 @@ def start_simulator(
         clock=clock,
     )
     server = SimulatorHTTPServer((host, port), fleet, api_key)
-    threading.Thread(target=server.serve_forever, name="simulator", daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="simulator", daemon=True
+    ).start()
     return server
 
 
