@@ -20,6 +20,7 @@ from exporter.client import EnvironmentsClient
 from exporter.config import Config, Secret, load_config
 from exporter.errors import ConfigError
 from exporter.poller import FleetState, Poller
+from exporter.releases import ReleaseLookup
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_background
 
@@ -42,9 +43,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from exporter.simulator import start_simulator
 
         simulator = start_simulator(fleet_size=config.demo_fleet_size)
-        config = replace(
-            config, base_url=simulator.url, api_key=config.api_key or Secret("demo-key")
-        )
+        demo_changes: dict[str, object] = {
+            "base_url": simulator.url,
+            "api_key": config.api_key or Secret("demo-key"),
+        }
+        if not invocation.explicit_registry_url:
+            demo_changes["version_registry_url"] = f"{simulator.url}/_registry"
+        config = replace(config, **demo_changes)  # type: ignore[arg-type]
     try:
         if invocation.once:
             return _run_once(config)
@@ -54,14 +59,28 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             simulator.close()
 
 
+def _release_lookup(config: Config, metrics: ExporterMetrics) -> ReleaseLookup | None:
+    if not config.version_registry or config.version_target:
+        return None  # a pinned version needs no lookup
+    return ReleaseLookup(config, observe=metrics.observe_release_lookup)
+
+
 def _run_once(config: Config) -> int:
     metrics = ExporterMetrics(config.poll_interval, process=False)
     state = FleetState()
     client = EnvironmentsClient(config, observe=metrics.observe_request)
+    lookup = _release_lookup(config, metrics)
     try:
-        ok = Poller(config, client, state, metrics).poll_once()
+        if lookup is not None:
+            lookup.refresh()
+        poller = Poller(
+            config, client, state, metrics, releases=lambda: lookup.current if lookup else None
+        )
+        ok = poller.poll_once()
     finally:
         client.close()
+        if lookup is not None:
+            lookup.close()
     fleet = state.fleet
     if not ok or fleet is None:
         print(f"{PROG}: error: the poll failed (see the log above)", file=sys.stderr)
@@ -75,7 +94,10 @@ def _run_forever(config: Config) -> int:
     metrics = ExporterMetrics(config.poll_interval)
     state = FleetState()
     client = EnvironmentsClient(config, observe=metrics.observe_request)
-    poller = Poller(config, client, state, metrics)
+    lookup = _release_lookup(config, metrics)
+    poller = Poller(
+        config, client, state, metrics, releases=lambda: lookup.current if lookup else None
+    )
     try:
         host, port = parse_listen_address(config.listen_address)
         server = ExporterHTTPServer(
@@ -137,4 +159,6 @@ def _run_forever(config: Config) -> int:
     server.shutdown()
     server.server_close()
     client.close()
+    if lookup is not None:
+        lookup.close()
     return 0

@@ -95,6 +95,12 @@ class Config:
     environment_extra_labels: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "logfmt"
+    version_target: str | None = None
+    version_registry: bool = True
+    version_registry_url: str = "https://registry.npmjs.org"
+    version_package: str = "@letta-ai/letta-code"
+    version_refresh_interval: float = 3600.0
+    version_registry_timeout: float = 10.0
     demo: bool = False
     demo_fleet_size: int = 200
 
@@ -217,6 +223,17 @@ def _extra_labels(text: str | Sequence[Any]) -> tuple[str, ...]:
             f"unknown label(s) {', '.join(unknown)}; allowed: {', '.join(EXTRA_LABELS)}"
         )
     return labels
+
+
+def _semver(text: Any) -> str:
+    import semver
+
+    value = str(text).strip()
+    try:
+        semver.Version.parse(value.removeprefix("v"))
+    except ValueError:
+        raise ValueError(f"not a semantic version: {value!r}") from None
+    return value
 
 
 def _bool(value: Any) -> bool:
@@ -416,6 +433,49 @@ _OPTIONS: tuple[_Option, ...] = (
         "LIST",
     ),
     _Option(
+        "version.target",
+        "version_target",
+        _semver,
+        "pin the version counted as current (else the registry's latest, else the fleet's "
+        "newest release)",
+        "VERSION",
+    ),
+    _Option(
+        "version.registry",
+        "version_registry",
+        _bool,
+        "look the current release up in the npm registry (default on)",
+        boolean=True,
+    ),
+    _Option(
+        "version.registry-url",
+        "version_registry_url",
+        _base_url,
+        "npm registry to ask (default https://registry.npmjs.org)",
+        "URL",
+    ),
+    _Option(
+        "version.package",
+        "version_package",
+        _text,
+        "npm package of Letta Code (default @letta-ai/letta-code)",
+        "NAME",
+    ),
+    _Option(
+        "version.refresh-interval",
+        "version_refresh_interval",
+        parse_duration,
+        "how often to ask the registry (default 1h)",
+        "DURATION",
+    ),
+    _Option(
+        "version.registry-timeout",
+        "version_registry_timeout",
+        parse_duration,
+        "timeout of one registry request (default 10s)",
+        "DURATION",
+    ),
+    _Option(
         "log.level",
         "log_level",
         _choice(LOG_LEVELS),
@@ -491,6 +551,7 @@ class Invocation:
 
     config: Config
     once: bool
+    explicit_registry_url: bool = False
 
 
 def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -577,7 +638,7 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
     _check_relations(config, errors)
     if errors:
         raise ConfigError("; ".join(errors))
-    return Invocation(config=config, once=once)
+    return Invocation(config=config, once=once, explicit_registry_url="version_registry_url" in raw)
 
 
 def _check_relations(config: Config, errors: list[str]) -> None:

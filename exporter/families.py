@@ -16,9 +16,20 @@ import semver
 from exporter.config import Config
 from exporter.exposition import clean, escape_label_value, family, format_value, labels
 from exporter.models import Connection
+from exporter.releases import ReleaseInfo
 from exporter.snapshot import FleetSnapshot
 
 STATES = ("online", "stale", "offline")
+BEHIND = ("major", "minor", "patch", "prerelease")
+UPGRADE_COMMAND = "upgrade-letta-code"
+NOT_UPGRADABLE_REASONS = (
+    "desktop_managed",
+    "source_checkout",
+    "not_writable",
+    "unsupported",
+    "no_upgrade_command",
+    "unknown",
+)
 MODE_ALIASES = {"default": "standard", "bypassPermissions": "unrestricted"}
 UNKNOWN = "unknown"
 SHORT_LABEL = 64
@@ -117,9 +128,70 @@ def latest_version(views: Iterable[EnvironmentView]) -> str | None:
     return best[1] if best else None
 
 
-def is_outdated(version: str, latest: semver.Version | None) -> bool:
+@dataclass(frozen=True, slots=True)
+class CurrentVersion:
+    """The version counted as current and where it came from: pinned, registry or observed."""
+
+    version: str
+    parsed: semver.Version
+    source: str
+
+
+def current_version(
+    views: list[EnvironmentView], pinned: str | None, releases: ReleaseInfo | None
+) -> CurrentVersion | None:
+    """Precedence: the operator's pin, then the registry's `latest`, then the fleet's newest."""
+    for version, source in (
+        (pinned, "pinned"),
+        (releases.latest if releases else None, "registry"),
+        (latest_version(views), "observed"),
+    ):
+        parsed = parse_version(version) if version else None
+        if version and parsed is not None:
+            return CurrentVersion(version=version, parsed=parsed, source=source)
+    return None
+
+
+def behind(version: str, current: CurrentVersion | None) -> str | None:
+    """How far ``version`` is behind the current one: major, minor, patch, prerelease or None."""
     parsed = parse_version(version)
-    return latest is not None and parsed is not None and parsed < latest
+    if current is None or parsed is None or parsed >= current.parsed:
+        return None
+    target = current.parsed
+    if parsed.major != target.major:
+        return "major"
+    if parsed.minor != target.minor:
+        return "minor"
+    if parsed.patch != target.patch:
+        return "patch"
+    return "prerelease"
+
+
+def not_upgradable_reason(connection: Connection) -> str | None:
+    """Why Letta Code cannot upgrade itself here (a bounded set), or None when it can."""
+    metadata = connection.metadata
+    update = metadata.self_update if metadata else None
+    if update is None:
+        return "unknown"
+    text = (update.reason or "").lower()
+    if update.supported and update.writable:
+        commands = metadata.supported_commands if metadata else None
+        return None if commands and UPGRADE_COMMAND in commands else "no_upgrade_command"
+    if "desktop" in text:
+        return "desktop_managed"
+    if "source" in text or "checkout" in text or "git" in text:
+        return "source_checkout"
+    if not update.writable or "writ" in text or "permission" in text:
+        return "not_writable"
+    return "unsupported"
+
+
+def node_major(node_version: str | None) -> str:
+    """`22` from `v22.11.0`; `unknown` when absent or odd."""
+    if not node_version:
+        return UNKNOWN
+    head = node_version.strip().removeprefix("v").split(".", 1)[0]
+    return head if head.isdigit() and len(head) <= 4 else UNKNOWN
 
 
 def environments_family(views: list[EnvironmentView]) -> str:
@@ -138,34 +210,102 @@ def environments_family(views: list[EnvironmentView]) -> str:
     )
 
 
-def latest_version_family(latest: str | None) -> str:
-    """# HELP letta_environments_latest_version_info The Letta Code version counted as current. ...
+def latest_version_family(current: CurrentVersion | None) -> str:
+    """# HELP letta_environments_latest_version_info The Letta Code version counted as current...
     # TYPE letta_environments_latest_version_info gauge
     """
-    samples = (
-        [] if latest is None else [("", labels((("version", latest), ("source", "observed"))), 1)]
-    )
+    samples = []
+    if current is not None:
+        pairs = (("version", clean(current.version, SHORT_LABEL)), ("source", current.source))
+        samples.append(("", labels(pairs), 1))
     return family(
         "letta_environments_latest_version_info",
         "gauge",
-        "The Letta Code version counted as current; source=observed is the newest release seen "
-        f"in the fleet. {CACHED}",
+        "The Letta Code version counted as current, valued 1; source is pinned (operator), "
+        f"registry (npm latest) or observed (newest release in the fleet). {CACHED}",
         samples,
     )
 
 
-def outdated_family(views: list[EnvironmentView], latest: str | None) -> str:
-    """# HELP letta_environments_outdated Environments running a version older than the current. ...
+def outdated_family(views: list[EnvironmentView], current: CurrentVersion | None) -> str:
+    """# HELP letta_environments_outdated Environments running a version older than the current...
     # TYPE letta_environments_outdated gauge
     """
-    current = parse_version(latest) if latest else None
-    counts = Counter(v.state for v in views if is_outdated(v.version, current))
+    counts = Counter((v.state, gap) for v in views if (gap := behind(v.version, current)))
     return family(
         "letta_environments_outdated",
         "gauge",
         "Environments running a Letta Code version older than the current one, by semantic "
-        f"version order; unknown versions never count. {CACHED}",
-        (("", labels((("state", state),)), counts[state]) for state in STATES),
+        "version order, and how far behind (major, minor, patch, prerelease); unknown versions "
+        f"never count. {CACHED}",
+        (
+            ("", labels((("state", state), ("behind", gap))), counts[(state, gap)])
+            for state in STATES
+            for gap in BEHIND
+        ),
+    )
+
+
+def upgrade_families(views: list[EnvironmentView], current: CurrentVersion | None) -> str:
+    """Outdated, connected environments that can upgrade themselves, and why the others cannot.
+
+    # HELP letta_environments_upgradable Outdated, connected environments that can upgrade...
+    # TYPE letta_environments_upgradable gauge
+    # HELP letta_environments_not_upgradable Outdated, connected environments that cannot...
+    # TYPE letta_environments_not_upgradable gauge
+    """
+    reasons: Counter[str | None] = Counter(
+        not_upgradable_reason(v.connection)
+        for v in views
+        if v.connected and behind(v.version, current)
+    )
+    return family(
+        "letta_environments_upgradable",
+        "gauge",
+        "Outdated, connected environments whose Letta Code can upgrade itself: self_update "
+        f"supported and writable, and the upgrade-letta-code command. {CACHED}",
+        [("", "", reasons[None])],
+    ) + family(
+        "letta_environments_not_upgradable",
+        "gauge",
+        "Outdated, connected environments that cannot upgrade themselves, by reason "
+        f"(desktop_managed, source_checkout, not_writable, unsupported, no_upgrade_command, "
+        f"unknown). {CACHED}",
+        (("", labels((("reason", r),)), reasons[r]) for r in NOT_UPGRADABLE_REASONS),
+    )
+
+
+def node_major_family(views: list[EnvironmentView]) -> str:
+    """# HELP letta_environments_node_major Environments by Node.js major version and state. ...
+    # TYPE letta_environments_node_major gauge
+    """
+    counts = Counter(
+        (node_major(v.connection.metadata.node_version if v.connection.metadata else None), v.state)
+        for v in views
+    )
+    return family(
+        "letta_environments_node_major",
+        "gauge",
+        f"Environments by the major version of the Node.js runtime and state. {CACHED}",
+        (
+            ("", labels((("major", major), ("state", state))), n)
+            for (major, state), n in sorted(counts.items())
+        ),
+    )
+
+
+def release_timestamp_family(views: list[EnvironmentView], releases: ReleaseInfo | None) -> str:
+    """# HELP letta_code_release_timestamp_seconds When a Letta Code version was published. ...
+    # TYPE letta_code_release_timestamp_seconds gauge
+    """
+    published = releases.published if releases else {}
+    present = sorted({v.version for v in views if v.version in published})
+    return family(
+        "letta_code_release_timestamp_seconds",
+        "gauge",
+        "When each Letta Code version present in the fleet was published, from the npm "
+        f"registry. {CACHED}",
+        (("", labels((("version", version),)), published[version]) for version in present),
     )
 
 
@@ -294,16 +434,21 @@ def environment_families(
     return "".join(parts), len(views) - len(kept)
 
 
-def render_fleet(snapshot: FleetSnapshot, config: Config) -> FleetExposition:
-    """All fleet families of one snapshot as exposition text."""
+def render_fleet(
+    snapshot: FleetSnapshot, config: Config, releases: ReleaseInfo | None = None
+) -> FleetExposition:
+    """All fleet families of one snapshot (and the registry's answer) as exposition text."""
     views = view(snapshot, config.online_threshold)
-    latest = latest_version(views)
+    current = current_version(views, config.version_target, releases)
     parts = [
         environments_family(views),
-        latest_version_family(latest),
-        outdated_family(views, latest),
+        latest_version_family(current),
+        outdated_family(views, current),
+        upgrade_families(views, current),
         self_update_family(views),
         heartbeat_age_family(views, config.heartbeat_buckets),
+        node_major_family(views),
+        release_timestamp_family(views, releases),
     ]
     dropped = 0
     if config.collector_environment:

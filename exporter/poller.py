@@ -19,6 +19,7 @@ from exporter.client import EnvironmentsClient
 from exporter.config import Config
 from exporter.errors import UpstreamError
 from exporter.families import render_fleet
+from exporter.releases import ReleaseInfo
 from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import SnapshotBuilder
 
@@ -110,10 +111,12 @@ class Poller:
         state: FleetState,
         metrics: ExporterMetrics,
         *,
+        releases: Callable[[], ReleaseInfo | None] = lambda: None,
         wall_clock: Callable[[], float] = clock.wall_clock,
         monotonic: Callable[[], float] = clock.monotonic,
     ) -> None:
         self._config = config
+        self._releases = releases
         self._client = client
         self._state = state
         self._metrics = metrics
@@ -180,7 +183,7 @@ class Poller:
             self._last_invalid = builder.invalid_records
         if builder.duplicates:
             log.debug("ignored %d row(s) seen on an earlier page", builder.duplicates)
-        rendered = render_fleet(snapshot, self._config)
+        rendered = render_fleet(snapshot, self._config, self._releases())
         if rendered.dropped_environments:
             self._metrics.dropped.inc(rendered.dropped_environments)
         # The snapshot itself is not kept: scrapes need only the bytes, and memory is halved.

@@ -8,6 +8,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
 from exporter.errors import POLL_RESULTS
+from exporter.releases import LOOKUP_RESULTS
 
 # `_created` series double every counter for no use to this exporter's readers.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -52,6 +53,17 @@ class ExporterMetrics:
             "Environments left without per-environment series because of the cap, per poll.",
             registry=r,
         )
+        self.release_lookups = Counter(
+            "letta_exporter_release_lookups",
+            "Lookups of the current Letta Code release in the npm registry, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.release_last_success = Gauge(
+            "letta_exporter_release_last_success_timestamp_seconds",
+            "Time of the last successful release lookup, 0 before the first.",
+            registry=r,
+        )
         build = Gauge(
             "letta_exporter_build_info",
             "The exporter's version, valued 1.",
@@ -62,11 +74,18 @@ class ExporterMetrics:
         self.poll_interval.set(poll_interval)
         for result in POLL_RESULTS:
             self.polls.labels(result=result)
+        for result in LOOKUP_RESULTS:
+            self.release_lookups.labels(result=result)
         if process:
             ProcessCollector(registry=r)
 
     def observe_request(self, code: str) -> None:
         self.api_requests.labels(code=code).inc()
+
+    def observe_release_lookup(self, result: str) -> None:
+        self.release_lookups.labels(result=result).inc()
+        if result == "success":
+            self.release_last_success.set_to_current_time()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,6 +12,8 @@ a small admin API for tests and demos under `/_simulator/`:
 - `POST /_simulator/silence` `{"fraction": 0.3}` or `{"ids": [...]}`: those environments keep
   their lease but stop heartbeating; `DELETE /_simulator/silence` lets them heartbeat again.
 - `GET /_simulator/state`: counts by state and the silenced ids.
+- `GET /_registry/<package>`: an npm package document of Letta Code's releases (`dist-tags`,
+  `time`), so the demo and the tests need no internet.
 
 Each environment's state is a function of the clock: it cycles through online, stale (lease
 held, silent) and offline with its own period and phase, so heartbeats advance and
@@ -32,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from exporter import clock as clocks
 
@@ -63,6 +65,16 @@ _VERSIONS = (
     (None, 5),
     ("0.28.x-dev", 1),
 )
+RELEASES = {  # version -> publication time, as the npm registry's `time` field has them
+    "0.29.0": "2026-07-02T09:12:01.000Z",
+    "0.31.4": "2026-08-27T16:40:22.000Z",
+    "0.32.15": "2026-09-18T11:03:45.000Z",
+    "0.32.17": "2026-09-22T07:12:47.042Z",
+    "0.32.18-next.1": "2026-09-22T19:30:00.000Z",
+    "0.32.18": "2026-09-23T06:25:43.503Z",
+    "0.33.0-next.2": "2026-09-25T08:00:00.000Z",
+}
+LATEST_RELEASE = "0.32.18"
 _NODES = (("v22.11.0", 45), ("v20.18.1", 30), ("v24.1.0", 15), ("v18.20.4", 7), (None, 3))
 _SELF_UPDATE = (
     ({"supported": True, "writable": True, "install_path": "/usr/local/lib/node_modules"}, 55),
@@ -397,6 +409,16 @@ class SimulatorHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
+        if parts.path.startswith("/_registry/"):
+            self._json(
+                200,
+                {
+                    "name": unquote(parts.path.removeprefix("/_registry/")),
+                    "dist-tags": {"latest": LATEST_RELEASE, "next": "0.33.0-next.2"},
+                    "time": {"created": "2026-01-05T10:00:00.000Z", **RELEASES},
+                },
+            )
+            return
         if parts.path == "/_simulator/state":
             self._json(200, self.server.fleet.state_counts())
             return

@@ -92,6 +92,8 @@ def exporter_process(
     """Run the real CLI (`python -m exporter`) on a free loopback port."""
     port = free_port()
     full_env = {**os.environ, "LETTA_API_KEY": API_KEY, **(env or {})}
+    if not any(arg.startswith(("--version.", "--no-version.", "--demo")) for arg in args):
+        args = ("--no-version.registry", *args)  # the test suite never reaches the internet
     log_dir = Path(tempfile.mkdtemp(prefix="letta-exporter-log-"))
     log_path = log_dir / "exporter.log"
     with open(log_path, "wb") as log_file:

@@ -22,6 +22,10 @@ FLEET_FAMILIES = {
     "letta_environments_outdated",
     "letta_environments_self_update",
     "letta_environments_heartbeat_age_seconds",
+    "letta_environments_upgradable",
+    "letta_environments_not_upgradable",
+    "letta_environments_node_major",
+    "letta_code_release_timestamp_seconds",
     "letta_environment_info",
     "letta_environment_connected",
     "letta_environment_last_heartbeat_timestamp_seconds",
@@ -39,6 +43,8 @@ OWN_FAMILIES = {
     "letta_exporter_invalid_records",
     "letta_exporter_build_info",
     "letta_exporter_environments_dropped",
+    "letta_exporter_release_lookups",
+    "letta_exporter_release_last_success_timestamp_seconds",
 }
 
 
@@ -191,6 +197,7 @@ def test_once_prints_the_exposition_and_it_passes_promtool(simulator: SimulatorH
         "--once",
         f"--letta.base-url={simulator.url}",
         "--letta.page-size=7",
+        f"--version.registry-url={simulator.url}/_registry",
         env={"LETTA_API_KEY": API_KEY},
     )
     assert result.returncode == 0, result.stderr
@@ -203,6 +210,9 @@ def test_once_prints_the_exposition_and_it_passes_promtool(simulator: SimulatorH
         if s.name == "letta_environments"
     )
     assert environments == 60
+    assert 'letta_environments_latest_version_info{version="0.32.18",source="registry"} 1' in (
+        result.stdout
+    )
     check = subprocess.run(
         [require_tool("promtool"), "check", "metrics"],
         input=result.stdout,
@@ -215,7 +225,10 @@ def test_once_prints_the_exposition_and_it_passes_promtool(simulator: SimulatorH
 
 def test_once_fails_clearly_with_a_wrong_key(simulator: SimulatorHTTPServer) -> None:
     result = _run(
-        "--once", f"--letta.base-url={simulator.url}", env={"LETTA_API_KEY": "wrong-key-xyz"}
+        "--once",
+        f"--letta.base-url={simulator.url}",
+        "--no-version.registry",
+        env={"LETTA_API_KEY": "wrong-key-xyz"},
     )
     assert result.returncode == 1 and result.stdout == ""
     assert "auth_error" in result.stderr and "the poll failed" in result.stderr

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.families import classify, latest_version, normalise_mode, render_fleet, view
+from exporter.families import (
+    STATES,
+    classify,
+    latest_version,
+    normalise_mode,
+    render_fleet,
+    view,
+)
 from exporter.models import Connection
 from exporter.snapshot import SnapshotBuilder
 from tests.conftest import make_config
@@ -96,10 +103,13 @@ def test_fixture_fleet_counts() -> None:
     assert s["letta_environments_latest_version_info"] == [
         ({"version": "0.32.18", "source": "observed"}, 1.0)
     ]
-    outdated = {labels["state"]: v for labels, v in s["letta_environments_outdated"]}
+    outdated = {st: _total(s["letta_environments_outdated"], state=st) for st in STATES}
     # b (0.32.17) online, c (0.32.18-next.1: a prerelease is older) stale, e (0.29.0) offline;
     # f's unparseable and d's unknown versions never count.
     assert outdated == {"online": 1.0, "stale": 1.0, "offline": 1.0}
+    gaps = {(lb["state"], lb["behind"]): v for lb, v in s["letta_environments_outdated"] if v}
+    assert gaps == {("online", "patch"): 1, ("stale", "prerelease"): 1, ("offline", "minor"): 1}
+    assert len(s["letta_environments_outdated"]) == 12  # every state x behind, zeros included
     updates = {
         (lb["supported"], lb["writable"]): v for lb, v in s["letta_environments_self_update"]
     }

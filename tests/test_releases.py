@@ -1,0 +1,369 @@
+"""The current release from a fake npm registry on loopback, and the drift families."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.families import (
+    CurrentVersion,
+    behind,
+    current_version,
+    node_major,
+    not_upgradable_reason,
+    parse_version,
+    render_fleet,
+    view,
+)
+from exporter.models import Connection
+from exporter.releases import ReleaseInfo, ReleaseLookup, parse_packument
+from exporter.selfmetrics import ExporterMetrics
+from exporter.simulator import SimulatorHTTPServer
+from tests.conftest import make_config
+from tests.fleet import FIXTURE_TIME, fixture_snapshot
+
+PACKAGE = "@letta-ai/letta-code"
+
+
+class FakeRegistry(ThreadingHTTPServer):
+    """An npm registry on loopback whose answer the test sets."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.body: bytes = json.dumps(
+            {
+                "name": PACKAGE,
+                "dist-tags": {"latest": "1.4.2", "next": "1.5.0-next.1"},
+                "time": {
+                    "created": "2026-01-01T00:00:00.000Z",
+                    "modified": "x",
+                    "1.4.2": "2026-11-20T10:00:00.000Z",
+                    "1.4.1": "2026-11-19T10:00:00Z",
+                    "1.3.0": "2026-10-01T00:00:00.000+00:00",
+                    "0.9.0": "not a date",
+                },
+            }
+        ).encode()
+        self.paths: list[str] = []
+        super().__init__(("127.0.0.1", 0), _RegistryHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+
+class _RegistryHandler(BaseHTTPRequestHandler):
+    server: FakeRegistry
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def registry() -> Iterator[FakeRegistry]:
+    server = FakeRegistry()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    ).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _lookup(registry: FakeRegistry, metrics: ExporterMetrics) -> ReleaseLookup:
+    config = make_config(version_registry_url=registry.url, version_registry_timeout=2.0)
+    return ReleaseLookup(config, observe=metrics.observe_release_lookup)
+
+
+def _value(metrics: ExporterMetrics, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"{name}{labels} not found")
+
+
+def test_lookup_reads_latest_and_release_dates(registry: FakeRegistry) -> None:
+    metrics = ExporterMetrics(60, process=False)
+    lookup = _lookup(registry, metrics)
+    try:
+        assert lookup.refresh()
+    finally:
+        lookup.close()
+    assert registry.paths == ["/@letta-ai%2Fletta-code"]
+    assert lookup.current is not None and lookup.current.latest == "1.4.2"
+    published = lookup.current.published
+    assert published["1.4.2"] == 1_795_168_800.0 and published["1.3.0"] == 1_790_812_800.0
+    assert "created" not in published and "0.9.0" not in published  # odd dates are skipped
+    assert _value(metrics, "letta_exporter_release_lookups_total", result="success") == 1
+    assert _value(metrics, "letta_exporter_release_last_success_timestamp_seconds") > 0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "result"),
+    [
+        (503, b"{}", "http_error"),
+        (404, b'{"error": "not found"}', "http_error"),
+        (200, b"<html>captive portal</html>", "invalid_response"),
+        (200, b'{"dist-tags": {}}', "invalid_response"),
+    ],
+)
+def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(
+    registry: FakeRegistry,
+    status: int,
+    body: bytes,
+    result: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = ExporterMetrics(60, process=False)
+    lookup = _lookup(registry, metrics)
+    try:
+        assert lookup.refresh()
+        good = lookup.current
+        registry.status, registry.body = status, body
+        with caplog.at_level(logging.WARNING, logger="exporter.releases"):
+            assert not lookup.refresh()
+            assert not lookup.refresh()
+    finally:
+        lookup.close()
+    assert lookup.current is good
+    assert _value(metrics, "letta_exporter_release_lookups_total", result=result) == 2
+    assert len([r for r in caplog.records if "release lookup failed" in r.getMessage()]) == 1
+
+
+def test_an_unreachable_registry_is_a_connection_error() -> None:
+    from tests.conftest import free_port
+
+    metrics = ExporterMetrics(60, process=False)
+    lookup = ReleaseLookup(
+        make_config(version_registry_url=f"http://127.0.0.1:{free_port()}"),
+        observe=metrics.observe_release_lookup,
+    )
+    try:
+        assert not lookup.refresh()
+    finally:
+        lookup.close()
+    assert lookup.current is None
+    assert _value(metrics, "letta_exporter_release_lookups_total", result="connection_error") == 1
+
+
+def test_the_simulator_serves_a_registry_document(simulator: SimulatorHTTPServer) -> None:
+    lookup = ReleaseLookup(make_config(version_registry_url=f"{simulator.url}/_registry"))
+    try:
+        assert lookup.refresh()
+    finally:
+        lookup.close()
+    assert lookup.current is not None and lookup.current.latest == "0.32.18"
+
+
+def _current(version: str, source: str = "registry") -> CurrentVersion:
+    parsed = parse_version(version)
+    assert parsed is not None
+    return CurrentVersion(version=version, parsed=parsed, source=source)
+
+
+@pytest.mark.parametrize(
+    ("version", "target", "gap"),
+    [
+        ("0.32.17", "0.32.18", "patch"),
+        ("0.31.9", "0.32.18", "minor"),
+        ("0.9.0", "0.32.18", "minor"),  # semver order, not text order
+        ("1.9.9", "2.0.0", "major"),
+        ("0.32.18-next.1", "0.32.18", "prerelease"),
+        ("0.32.17-next.4", "0.32.18", "patch"),
+        ("0.32.18", "0.32.18", None),
+        ("0.33.0-next.2", "0.32.18", None),  # ahead of the release
+        ("v0.32.17", "0.32.18", "patch"),
+        ("weird", "0.32.18", None),
+        ("unknown", "0.32.18", None),
+    ],
+)
+def test_how_far_behind(version: str, target: str, gap: str | None) -> None:
+    assert behind(version, _current(target)) == gap
+
+
+def test_precedence_pinned_then_registry_then_observed() -> None:
+    views = view(fixture_snapshot(), 120)
+    releases = ReleaseInfo(latest="0.40.0")
+    pinned = current_version(views, "0.32.17", releases)
+    assert pinned is not None and (pinned.version, pinned.source) == ("0.32.17", "pinned")
+    registry = current_version(views, None, releases)
+    assert registry is not None and (registry.version, registry.source) == ("0.40.0", "registry")
+    observed = current_version(views, None, None)
+    assert observed is not None and (observed.version, observed.source) == ("0.32.18", "observed")
+    broken = current_version(views, None, ReleaseInfo(latest="garbage"))
+    assert broken is not None and broken.source == "observed"
+
+
+def _samples(text: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for metric in text_string_to_metric_families(text.decode()):
+        for sample in metric.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def test_drift_families_of_the_fixture_fleet_against_a_registry_release() -> None:
+    releases = ReleaseInfo(
+        latest="0.33.0",
+        published={"0.32.18": 1_790_144_743.5, "0.29.0": 1_782_983_521.0, "9.9.9": 1.0},
+    )
+    s = _samples(render_fleet(fixture_snapshot(), make_config(), releases).text)
+    assert s["letta_environments_latest_version_info"] == [
+        ({"version": "0.33.0", "source": "registry"}, 1.0)
+    ]
+    gaps = {(lb["state"], lb["behind"]): v for lb, v in s["letta_environments_outdated"] if v}
+    # a, g (0.32.18) and b (0.32.17) online; c (prerelease of 0.32.18) and h stale; e offline.
+    assert gaps == {("online", "minor"): 3, ("stale", "minor"): 2, ("offline", "minor"): 1}
+    # Connected and outdated: a (can: supported, writable, has the command), b (not writable),
+    # c (no self_update), g (none), h (desktop).
+    assert s["letta_environments_upgradable"] == [({}, 1.0)]
+    reasons = {lb["reason"]: v for lb, v in s["letta_environments_not_upgradable"]}
+    assert reasons == {
+        "desktop_managed": 1,
+        "source_checkout": 0,
+        "not_writable": 1,
+        "unsupported": 0,
+        "no_upgrade_command": 0,
+        "unknown": 2,
+    }
+    stamps = {lb["version"]: v for lb, v in s["letta_code_release_timestamp_seconds"]}
+    assert stamps == {"0.32.18": 1_790_144_743.5, "0.29.0": 1_782_983_521.0}  # only present ones
+    majors = {(lb["major"], lb["state"]): v for lb, v in s["letta_environments_node_major"]}
+    assert majors[("22", "online")] == 1 and majors[("20", "online")] == 1
+    assert sum(majors.values()) == 8
+
+
+def test_a_pinned_target_wins() -> None:
+    s = _samples(
+        render_fleet(
+            fixture_snapshot(), make_config(version_target="0.32.17"), ReleaseInfo(latest="0.40.0")
+        ).text
+    )
+    assert s["letta_environments_latest_version_info"] == [
+        ({"version": "0.32.17", "source": "pinned"}, 1.0)
+    ]
+    gaps = {(lb["state"], lb["behind"]): v for lb, v in s["letta_environments_outdated"] if v}
+    assert gaps == {("offline", "minor"): 1}  # only e (0.29.0) is older than 0.32.17
+
+
+def _connection(metadata: dict[str, Any] | None) -> Connection:
+    row = {
+        "id": "e",
+        "connectedAt": None,
+        "connectionId": "c",
+        "connectionName": "n",
+        "deviceId": "d",
+        "firstSeenAt": 0,
+        "lastHeartbeat": None,
+        "lastSeenAt": 0,
+        "organizationId": "o",
+        "podId": None,
+        "metadata": metadata,
+    }
+    return Connection.model_validate_json(json.dumps(row))
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        (
+            {
+                "self_update": {"supported": True, "writable": True},
+                "supported_commands": ["upgrade-letta-code"],
+            },
+            None,
+        ),
+        ({"self_update": {"supported": True, "writable": True}}, "no_upgrade_command"),
+        (
+            {
+                "self_update": {"supported": True, "writable": True},
+                "supported_commands": ["send-message"],
+            },
+            "no_upgrade_command",
+        ),
+        (
+            {
+                "self_update": {
+                    "supported": False,
+                    "writable": False,
+                    "reason": "Managed by Letta Desktop",
+                }
+            },
+            "desktop_managed",
+        ),
+        (
+            {
+                "self_update": {
+                    "supported": False,
+                    "writable": True,
+                    "reason": "running from a source checkout",
+                }
+            },
+            "source_checkout",
+        ),
+        ({"self_update": {"supported": True, "writable": False}}, "not_writable"),
+        (
+            {"self_update": {"supported": False, "writable": True, "reason": "beta build"}},
+            "unsupported",
+        ),
+        ({"os": "linux"}, "unknown"),
+        (None, "unknown"),
+    ],
+)
+def test_not_upgradable_reasons_are_a_bounded_set(
+    metadata: dict[str, Any] | None, reason: str | None
+) -> None:
+    assert not_upgradable_reason(_connection(metadata)) == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "major"),
+    [
+        ("v22.11.0", "22"),
+        ("20.18.1", "20"),
+        ("v24", "24"),
+        (None, "unknown"),
+        ("", "unknown"),
+        ("bun-1.1", "unknown"),
+        ("v99999.0.0", "unknown"),
+    ],
+)
+def test_node_major(text: str | None, major: str) -> None:
+    assert node_major(text) == major
+
+
+def test_packument_dates_in_both_registry_styles() -> None:
+    info = parse_packument(
+        json.dumps(
+            {
+                "dist-tags": {"latest": "1.0.0"},
+                "time": {
+                    "1.0.0": "2026-09-23T06:25:43.503Z",
+                    "0.9.0": "2026-09-23T06:25:43.503000+00:00",
+                },
+            }
+        ).encode(),
+        FIXTURE_TIME,
+    )
+    assert info.published["1.0.0"] == info.published["0.9.0"]
+    assert info.fetched_at == FIXTURE_TIME
