@@ -10,7 +10,7 @@ import pytest
 from exporter.models import Connection, InvalidJSONError, ValidationError, parse_page
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = FIXTURES / "reference"  # copies of the API reference pages
 
 
 def _row(**overrides: object) -> dict[str, object]:
