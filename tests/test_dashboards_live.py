@@ -1,0 +1,273 @@
+"""Every dashboard query, variables filled in, against a real Prometheus that scrapes two
+exporter replicas polling the simulator: each must return data, and the fleet must not double."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.simulator import start_simulator
+from tests.conftest import API_KEY, ROOT, exporter_process, free_port, require_tool, wait_until
+from tests.test_dashboards import UIDS, load, query_panels
+
+pytestmark = pytest.mark.slow
+
+JOB = "letta-environments-exporter"
+FLEET_SIZE = 60
+ONLINE_THRESHOLD = 3  # seconds, as --letta.online-threshold below
+RATE_WINDOW = "30s"  # stands in for $__rate_interval; short, so the test stays short
+STALE_FRACTION = 0.3
+# No panel is excused from returning data: the simulated fleet has every kind of environment
+# the dashboards single out (stale, unrestricted, outdated, prerelease, no metadata).
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The running Prometheus and what the queries' variables stand for."""
+
+    prometheus: str
+    instances: tuple[str, ...]
+    environment: str
+    at: float
+
+    def variables(self, instance: str = ".*") -> dict[str, str]:
+        return {
+            "$__rate_interval": RATE_WINDOW,
+            "$job": JOB,
+            "$instance": instance,
+            "$environment": self.environment,
+            "$online_threshold": str(ONLINE_THRESHOLD),
+        }
+
+    def fill(self, expr: str, instance: str = ".*") -> str:
+        """``expr`` with its Grafana variables replaced as Grafana would."""
+        for variable, value in self.variables(instance).items():
+            expr = expr.replace(variable, value)
+        return expr
+
+    def query(self, expr: str, instance: str = ".*") -> list[dict[str, Any]]:
+        """The instant vector ``expr`` (Grafana variables filled in) yields at ``at``."""
+        expr = self.fill(expr, instance)
+        response = httpx.get(
+            f"{self.prometheus}/api/v1/query", params={"query": expr, "time": self.at}, timeout=10
+        )
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "success", (expr, body)
+        assert body["data"]["resultType"] == "vector", body["data"]["resultType"]
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def query_range(self, expr: str) -> list[dict[str, Any]]:
+        """The range query Grafana runs for a time-series panel, over the last 20 s."""
+        expr = self.fill(expr)
+        response = httpx.get(
+            f"{self.prometheus}/api/v1/query_range",
+            params={"query": expr, "start": self.at - 20, "end": self.at, "step": 2},
+            timeout=10,
+        )
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "success", (expr, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+
+def prometheus_config(targets: list[str]) -> str:
+    quoted = ", ".join(f'"{target}"' for target in targets)
+    return (
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n"
+        f"      - targets: [{quoted}]\n"
+    )
+
+
+@contextmanager
+def run_prometheus(binary: str, directory: Path, targets: list[str]) -> Iterator[str]:
+    """A real Prometheus scraping ``targets`` every second; yields its URL."""
+    (directory / "prometheus.yml").write_text(prometheus_config(targets), encoding="utf-8")
+    url = f"http://127.0.0.1:{free_port()}"
+    log_path = directory / "prometheus.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address={url.removeprefix('http://')}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            lambda: (
+                process.poll() is None and httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+            ),
+            30,
+            f"Prometheus to be ready (log: {log_path})",
+        )
+        assert process.poll() is None, log_path.read_text()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    binary = require_tool("prometheus")
+    with ExitStack() as resources:
+        simulator = start_simulator(
+            fleet_size=FLEET_SIZE, seed=7, api_key=API_KEY, heartbeat_interval=1.0
+        )
+        resources.callback(simulator.close)
+        args = (
+            f"--letta.base-url={simulator.url}",
+            "--letta.poll-interval=1s",
+            f"--letta.online-threshold={ONLINE_THRESHOLD}s",
+        )
+        # Two replicas polling the same organisation, as a highly available deployment runs.
+        replicas = [resources.enter_context(exporter_process(*args)) for _ in range(2)]
+        silenced = httpx.post(
+            f"{simulator.url}/_simulator/silence", json={"fraction": STALE_FRACTION}, timeout=5
+        ).json()["silenced"]
+        assert silenced, "the simulator silenced no environment"
+        instances = tuple(replica.url.removeprefix("http://") for replica in replicas)
+        directory = tmp_path_factory.mktemp("prometheus")
+        prometheus = resources.enter_context(run_prometheus(binary, directory, list(instances)))
+
+        def samples() -> bool:
+            # Enough data for a 30s window: >= 10 scrapes of each replica.
+            result = Stack(prometheus, instances, "", time.time()).query(
+                f'count_over_time(letta_exporter_up{{job="{JOB}"}}[{RATE_WINDOW}]) >= 10'
+            )
+            return len(result) == len(instances)
+
+        wait_until(samples, 45, "Prometheus to hold 10 s of scrapes of both exporters", 1.0)
+        # An environment online now: it stays connected for the few seconds the queries take,
+        # since it must first be stale for several heartbeat intervals before it goes offline.
+        now = time.time()
+        online = Stack(prometheus, instances, "", now).query(
+            f'letta_environment_connected{{job="{JOB}"}} == 1 and on(job, instance, environment_id)'
+            f' (time() - letta_environment_last_heartbeat_timestamp_seconds{{job="{JOB}"}}'
+            f" < {ONLINE_THRESHOLD})"
+        )
+        assert online, "no online environment to show in the detail dashboard"
+        yield Stack(prometheus, instances, online[0]["metric"]["environment_id"], now)
+
+
+def panel_queries() -> list[tuple[str, str, str, bool]]:
+    return [
+        (name, f"{item['title']}/{target['refId']}", target["expr"], target["instant"])
+        for name, item in query_panels()
+        for target in item["targets"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "panel", "expr", "instant"),
+    panel_queries(),
+    ids=[f"{name}:{panel}" for name, panel, _, _ in panel_queries()],
+)
+def test_panel_returns_data(stack: Stack, name: str, panel: str, expr: str, instant: bool) -> None:
+    result = stack.query(expr)
+    assert result, f"{UIDS[name]} / {panel} returned no data:\n{expr}"
+    values = [float(sample["value"][1]) for sample in result]
+    assert all(math.isfinite(value) for value in values), f"{panel}: {values}"
+    if not instant:  # Grafana runs it as a range query over the dashboard's time range
+        assert stack.query_range(expr), f"{UIDS[name]} / {panel} has no range data:\n{expr}"
+
+
+def panel_expr(name: str, title: str) -> str:
+    (item,) = [item for item in load(name)["panels"] if item["title"] == title]
+    expr: str = item["targets"][0]["expr"]
+    return expr
+
+
+def single_value(stack: Stack, expr: str) -> float:
+    (sample,) = stack.query(expr)
+    return float(sample["value"][1])
+
+
+def test_two_replicas_do_not_double_the_fleet(stack: Stack) -> None:
+    overview = "letta-fleet-overview.json"
+    counts = {
+        state: single_value(stack, panel_expr(overview, state.capitalize()))
+        for state in ("online", "stale", "offline")
+    }
+    assert sum(counts.values()) == FLEET_SIZE, counts
+    by_state = {
+        sample["metric"]["state"]: float(sample["value"][1])
+        for sample in stack.query(panel_expr(overview, "Environments by state"))
+    }
+    assert by_state == counts
+
+
+def test_silenced_environments_show_as_stale(stack: Stack) -> None:
+    overview = "letta-fleet-overview.json"
+    assert single_value(stack, panel_expr(overview, "Stale")) >= 1
+    assert single_value(stack, panel_expr(overview, "Stale share of connected")) > 0
+    rows = stack.query(panel_expr(overview, "Stalest connected environments"))
+    assert len(rows) == 20
+    stalest = max(rows, key=lambda row: float(row["value"][1]))
+    assert float(stalest["value"][1]) > ONLINE_THRESHOLD
+    assert {"connection_name", "os", "mode", "version"} <= set(stalest["metric"])
+
+
+def test_the_unrestricted_count_matches_its_table(stack: Stack) -> None:
+    # The stat falls back to 0 when its query finds nothing, so check it counts for real.
+    overview = "letta-fleet-overview.json"
+    rows = stack.query(panel_expr(overview, "Connected environments in unrestricted mode"))
+    assert {row["metric"]["mode"] for row in rows} == {"unrestricted"}
+    assert single_value(stack, panel_expr(overview, "Connected in unrestricted mode")) == len(rows)
+
+
+def test_the_detail_dashboard_shows_the_chosen_environment_online(stack: Stack) -> None:
+    detail = "letta-environment-detail.json"
+    assert single_value(stack, panel_expr(detail, "State")) == 2  # online
+    (row,) = stack.query(panel_expr(detail, "Metadata"))
+    assert row["metric"]["environment_id"] == stack.environment
+
+
+def test_the_picture_script_renders_from_this_prometheus(stack: Stack, tmp_path: Path) -> None:
+    output = tmp_path / "overview.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "render_dashboard_png.py"),
+            f"--prometheus={stack.prometheus}",
+            "--range=30s",
+            f"--job={JOB}",
+            f"--output={output}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert output.stat().st_size > 20_000, "an almost empty picture"
+
+
+def test_the_instance_variable_selects_one_replica(stack: Stack) -> None:
+    # Grafana escapes a chosen value for a regex matcher; PromQL needs the backslashes doubled.
+    chosen = stack.instances[0]
+    escaped = re.escape(chosen).replace("\\", "\\\\")
+    result = stack.query(panel_expr("letta-exporter-health.json", "Exporter up"), escaped)
+    assert [sample["metric"]["instance"] for sample in result] == [chosen]
