@@ -733,14 +733,15 @@ def fleet_overview() -> Json:
         ),
         stat(
             "Current version",
-            "The version counted as current: the newest non-prerelease version seen in the "
-            'fleet (`source="observed"`).',
+            "The version counted as current and its source: `pinned` (--version.target), "
+            "`registry` (npm latest of @letta-ai/letta-code) or `observed` (the newest release "
+            "seen in the fleet).",
             "none",
             [
                 target(
                     "max by (version, source) "
                     + fresh(f"letta_environments_latest_version_info{{{SEL}}}"),
-                    "{{version}}",
+                    "{{version}} ({{source}})",
                     instant=True,
                 )
             ],
@@ -802,6 +803,82 @@ def fleet_overview() -> Json:
             hidden=("Time", "__name__", "Value", "job", "instance", "pod", "mode"),
             order=["environment_id", "connection_name", "user_id", "device_id", "os", "version"],
             overrides=[ENVIRONMENT_LINK_OVERRIDE],
+        ),
+        row("Version drift and upgrades", 50),
+        timeseries(
+            "Outdated (connected) by how far behind",
+            "Connected environments older than the current version, by the first part of the "
+            "version that differs: major, minor, patch, or prerelease (a prerelease of the "
+            "current release).",
+            "short",
+            [
+                target(
+                    "sum by (behind) "
+                    + fresh(f'letta_environments_outdated{{{SEL}, state!="offline"}}'),
+                    "{{behind}}",
+                )
+            ],
+            (0, 51, 8, 8),
+            stacked=True,
+            overrides=colour_by_name({"major": "red", "minor": "orange", "patch": "yellow"}),
+        ),
+        stat(
+            "Can upgrade themselves",
+            "Outdated, connected environments whose Letta Code can upgrade itself (self_update "
+            "supported and writable, and the upgrade-letta-code command): send them "
+            "`upgrade-letta-code`.",
+            "short",
+            [target("sum " + fresh(f"letta_environments_upgradable{{{SEL}}}"), "upgradable")],
+            (8, 51, 4, 8),
+            steps=thresholds((None, "green")),
+        ),
+        bargauge(
+            "Why the others cannot",
+            "Outdated, connected environments that cannot upgrade themselves, by reason; they "
+            "need the manual command their metadata gives (see the VersionDrift runbook).",
+            "short",
+            [
+                target(
+                    "sum by (reason) " + fresh(f"letta_environments_not_upgradable{{{SEL}}}"),
+                    "{{reason}}",
+                    instant=True,
+                )
+            ],
+            (12, 51, 6, 8),
+            steps=thresholds((None, "orange")),
+        ),
+        bargauge(
+            "Age of the versions in use",
+            "For each Letta Code version connected environments run: how long ago it was "
+            "published, from the npm registry's release dates.",
+            "s",
+            [
+                target(
+                    "max by (version) (\n  time() - "
+                    + fresh(f"letta_code_release_timestamp_seconds{{{SEL}}}")
+                    + "\n)\nand on(version) "
+                    + fleet_sum("version", 'state!="offline"'),
+                    "{{version}}",
+                    instant=True,
+                )
+            ],
+            (18, 51, 6, 8),
+            steps=thresholds((None, "green"), (14 * 86400, "orange"), (60 * 86400, "red")),
+        ),
+        timeseries(
+            "Node.js major version (connected)",
+            "Connected environments by the major version of their Node.js runtime: runtime "
+            "drift next to Letta Code's own.",
+            "short",
+            [
+                target(
+                    "sum by (major) "
+                    + fresh(f'letta_environments_node_major{{{SEL}, state!="offline"}}'),
+                    "Node {{major}}",
+                )
+            ],
+            (0, 59, 24, 7),
+            stacked=True,
         ),
     ]
     return dashboard(
