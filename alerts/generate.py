@@ -230,13 +230,15 @@ def recording_rules(s: Settings) -> list[dict[str, Any]]:
 max {s.without()} (
     sum without (os, mode, version) ({s.select("letta_environments")})
   or
-    0 * {s.select("letta_environments_outdated")}
+    0 * sum without (behind) ({s.select("letta_environments_outdated")})
 )
 """,
         },
         {
             "record": "job_state:letta_environments_outdated:max",
-            "expr": f"max {s.without()} ({s.select('letta_environments_outdated')})\n",
+            # Summed over `behind` (major, minor, patch, prerelease) first.
+            "expr": f"max {s.without()} (sum without (behind) "
+            f"({s.select('letta_environments_outdated')}))\n",
         },
         {
             "record": "job:letta_environments_online:sum",
@@ -381,8 +383,10 @@ job:letta_environments_outdated_connected:ratio > {p["ratio"]:g}
 """,
         "Many connected environments run an outdated Letta Code version.",
         "{{ $value | humanizePercentage }} of the connected environments of {{ $labels.job }} "
-        "run a Letta Code version older than the newest release in the fleet "
-        f"(threshold {_percent(p['ratio'])}).",
+        "run a Letta Code version older than the current release "
+        "(letta_environments_latest_version_info: pinned, npm registry or newest seen) "
+        f"(threshold {_percent(p['ratio'])}); "
+        "letta_environments_upgradable says how many can upgrade themselves.",
     )
 
 
