@@ -23,6 +23,7 @@ from exporter.poller import FleetState, Poller
 from exporter.releases import ReleaseLookup
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_background
+from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
 PROG = "letta-environments-exporter"
@@ -91,6 +92,11 @@ def _run_once(config: Config) -> int:
 
 
 def _run_forever(config: Config) -> int:
+    try:
+        web = load_web_config(config.web_config_file)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     metrics = ExporterMetrics(config.poll_interval)
     state = FleetState()
     client = EnvironmentsClient(config, observe=metrics.observe_request)
@@ -106,6 +112,7 @@ def _run_forever(config: Config) -> int:
             metrics=metrics,
             telemetry_path=config.telemetry_path,
             max_data_age=config.effective_max_data_age,
+            web=web,
         )
     except OSError as exc:
         print(
@@ -118,10 +125,11 @@ def _run_forever(config: Config) -> int:
     bound_port = server.server_port
     shown = "localhost" if host in ("0.0.0.0", "") else host
     log.info(
-        "letta-environments-exporter %s polling %s every %gs; metrics at http://%s:%s%s",
+        "letta-environments-exporter %s polling %s every %gs; metrics at %s://%s:%s%s",
         __version__,
         config.base_url,
         config.poll_interval,
+        server.scheme,
         shown,
         bound_port,
         config.telemetry_path,
@@ -134,7 +142,20 @@ def _run_forever(config: Config) -> int:
             flush=True,
         )
 
+    if lookup is not None:
+        # Once before the first poll (bounded by the registry timeout), so that the first
+        # fleet already compares against the registry's release; then on its own schedule.
+        lookup.refresh()
     scheduler = BackgroundScheduler(timezone=UTC)
+    if lookup is not None:
+        scheduler.add_job(
+            lookup.refresh,
+            IntervalTrigger(seconds=config.version_refresh_interval),
+            id="release-lookup",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
     scheduler.add_job(
         poller.poll_once,
         IntervalTrigger(seconds=config.poll_interval, jitter=config.poll_jitter or None),

@@ -83,7 +83,10 @@ class ReleaseLookup:
         self.current: ReleaseInfo | None = None
         verify: ssl.SSLContext | bool = True
         if config.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(config.ca_file))
+            # The registry is public: trust the system CAs, and the Letta API's CA as well
+            # (a TLS-inspecting proxy in front of both is the usual reason for a CA file).
+            verify = ssl.create_default_context()
+            verify.load_verify_locations(cafile=str(config.ca_file))
         self._http = httpx.Client(
             timeout=config.version_registry_timeout,
             headers={

@@ -1,13 +1,19 @@
 """HTTP server: /metrics, /, /-/healthy, /-/ready. It never calls upstream or parses JSON.
 
 A scrape concatenates the fleet bytes rendered at the last poll with the exporter's own small
-registry; with gzip, it finishes the fleet's pre-compressed, still open gzip member.
+registry; with gzip, it finishes the fleet's pre-compressed, still open gzip member. With a web
+config, every path is behind TLS and basic auth (as in exporter-toolkit) and carries its headers.
+Each connection has its own thread and a deadline: a client gets ``connection_timeout`` seconds
+to finish its TLS handshake and to send each request, however slowly it trickles bytes.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import logging
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,10 +23,12 @@ from exporter import __version__, clock
 from exporter.exposition import CONTENT_TYPE
 from exporter.poller import FleetState, gzip_member
 from exporter.selfmetrics import ExporterMetrics
+from exporter.webconfig import BasicAuth, TLSContextSource, WebConfig
 
 log = logging.getLogger(__name__)
 
 CONNECTION_TIMEOUT = 10.0  # seconds a client may take to send its request: slow clients lose
+UNAUTHORIZED = {"WWW-Authenticate": 'Basic realm="letta-environments-exporter", charset="UTF-8"'}
 
 
 class ExporterHTTPServer(ThreadingHTTPServer):
@@ -37,13 +45,46 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         telemetry_path: str,
         max_data_age: float,
         monotonic: Callable[[], float] = clock.monotonic,
+        web: WebConfig | None = None,
+        connection_timeout: float = CONNECTION_TIMEOUT,
     ) -> None:
         self.state = state
         self.metrics = metrics
         self.telemetry_path = telemetry_path
         self.max_data_age = max_data_age
         self.monotonic = monotonic
+        self.web = web or WebConfig()
+        self.connection_timeout = connection_timeout
+        self.auth = BasicAuth(self.web.users) if self.web.users else None
+        self.tls = TLSContextSource(self.web.tls) if self.web.tls else None
+        if self.auth is not None and self.tls is None:
+            log.warning("basic auth without TLS: passwords cross the network in clear text")
         super().__init__(address, MetricsHandler)
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection, in its own thread: the TLS handshake happens here, not in the
+        accept loop, so a client that never finishes it holds up nobody but itself."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(self.connection_timeout)  # bounds the whole handshake
+        try:
+            connection = self.tls.context().wrap_socket(request, server_side=True)
+        except OSError as exc:  # ssl.SSLError and timeouts included
+            log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        try:
+            super().finish_request(connection, client_address)
+        finally:
+            connection.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or stalls is routine: log it quietly, no traceback on stderr."""
+        log.debug("connection from %s ended: %r", client_address[0], sys.exc_info()[1])
 
     def body(self, gzipped: bool) -> bytes:
         """The exposition for one scrape; fleet bytes are withdrawn once they are too old."""
@@ -62,6 +103,28 @@ class MetricsHandler(BaseHTTPRequestHandler):
     server_version = f"letta-environments-exporter/{__version__}"
     sys_version = ""
 
+    def setup(self) -> None:
+        super().setup()
+        self._timeout = self.server.connection_timeout
+        self.connection.settimeout(self._timeout)
+        self.rfile.close()
+        self._reader = _DeadlineReader(self.connection, self._timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.start()  # the next request, headers included, must arrive in time
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.connection.settimeout(self._timeout)  # the response gets a full timeout of its own
+        return parsed
+
+    def end_headers(self) -> None:
+        for name, value in self.server.web.headers:
+            self.send_header(name, value)
+        super().end_headers()
+
     def do_GET(self) -> None:
         self._serve(head=False)
 
@@ -69,6 +132,12 @@ class MetricsHandler(BaseHTTPRequestHandler):
         self._serve(head=True)
 
     def _serve(self, *, head: bool) -> None:
+        auth = self.server.auth
+        if auth is not None and not auth.check(self.headers.get("Authorization")):
+            self._send(
+                401, "text/plain; charset=utf-8", b"Unauthorized\n", head=head, headers=UNAUTHORIZED
+            )
+            return
         path = self.path.split("?", 1)[0]
         if path == self.server.telemetry_path:
             gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
@@ -114,6 +183,28 @@ class MetricsHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that share one deadline per request, so trickling bytes cannot stretch it."""
+
+    def __init__(self, connection: socket.socket, timeout: float) -> None:
+        self._connection = connection
+        self._timeout = timeout
+        self._deadline = clock.monotonic() + timeout
+
+    def start(self) -> None:
+        self._deadline = clock.monotonic() + self._timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - clock.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._connection.settimeout(remaining)
+        return self._connection.recv_into(buffer)
 
 
 def _landing(telemetry_path: str) -> bytes:

@@ -239,7 +239,10 @@ def test_the_real_cli_serves_every_family_from_the_simulator(
     simulator: SimulatorHTTPServer,
 ) -> None:
     with exporter_process(
-        f"--letta.base-url={simulator.url}", "--letta.poll-interval=1s", "--letta.page-size=25"
+        f"--letta.base-url={simulator.url}",
+        "--letta.poll-interval=1s",
+        "--letta.page-size=25",
+        f"--version.registry-url={simulator.url}/_registry",
     ) as running:
         url = running.url
         text = httpx.get(f"{url}/metrics").text
@@ -265,6 +268,10 @@ def test_the_real_cli_serves_every_family_from_the_simulator(
             return 0.0
 
         wait_until(lambda: polls() >= 3, 15, "three successful polls")
+        assert 'letta_environments_latest_version_info{version="0.32.18",source="registry"} 1' in (
+            text
+        )
+        assert 'letta_exporter_release_lookups_total{result="success"} 1.0' in text
         assert 'href="/metrics"' in httpx.get(f"{url}/").text
 
 
