@@ -73,6 +73,16 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class ExporterProcess:
     """A running `python -m exporter` and the file its log goes to."""
 
@@ -114,10 +124,5 @@ def exporter_process(
         )
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         shutil.rmtree(log_dir, ignore_errors=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from exporter.models import parse_page
+from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import FleetSnapshot, SnapshotBuilder
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -20,3 +23,28 @@ def snapshot_from(body: bytes, observed_at: float = FIXTURE_TIME) -> FleetSnapsh
 
 def fixture_snapshot() -> FleetSnapshot:
     return snapshot_from((FIXTURES / "fleet.json").read_bytes())
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def samples_by_name(text: bytes) -> Samples:
+    """Every sample of an exposition, parsed by prometheus-client, grouped by sample name."""
+    out: Samples = {}
+    for metric in text_string_to_metric_families(text.decode()):
+        for sample in metric.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def total(samples: list[tuple[dict[str, str], float]], **match: str) -> float:
+    """The sum of the samples whose labels include ``match``."""
+    return sum(v for labels, v in samples if all(labels.get(k) == x for k, x in match.items()))
+
+
+def metric_value(metrics: ExporterMetrics, name: str, **labels: str) -> float:
+    """The value of one of the exporter's own samples; fails when it is not served."""
+    for sample_labels, value in samples_by_name(metrics.render()).get(name, []):
+        if all(sample_labels.get(k) == v for k, v in labels.items()):
+            return value
+    raise AssertionError(f"{name}{labels} not found")

@@ -23,7 +23,14 @@ import pytest
 import yaml
 
 from exporter.simulator import start_simulator
-from tests.conftest import API_KEY, exporter_process, free_port, require_tool, wait_until
+from tests.conftest import (
+    API_KEY,
+    exporter_process,
+    free_port,
+    require_tool,
+    stop_process,
+    wait_until,
+)
 from tests.test_alerts import ALERTMANAGER_EXAMPLE, JOB, generator
 
 pytestmark = pytest.mark.slow
@@ -132,12 +139,7 @@ def server_process(name: str, argv: list[str], port: int, workdir: Path) -> Iter
         wait_until(ready, START_TIMEOUT, f"{name} to be ready")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def alertmanager_config(webhook: str) -> dict[str, Any]:

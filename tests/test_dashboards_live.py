@@ -18,7 +18,15 @@ import httpx
 import pytest
 
 from exporter.simulator import start_simulator
-from tests.conftest import API_KEY, ROOT, exporter_process, free_port, require_tool, wait_until
+from tests.conftest import (
+    API_KEY,
+    ROOT,
+    exporter_process,
+    free_port,
+    require_tool,
+    stop_process,
+    wait_until,
+)
 from tests.test_dashboards import UIDS, load, query_panels
 
 pytestmark = pytest.mark.slow
@@ -120,12 +128,7 @@ def run_prometheus(binary: str, directory: Path, targets: list[str]) -> Iterator
         assert process.poll() is None, log_path.read_text()
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

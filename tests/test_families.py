@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.families import (
     STATES,
@@ -19,21 +18,9 @@ from exporter.families import (
 from exporter.models import Connection
 from exporter.snapshot import SnapshotBuilder
 from tests.conftest import make_config
-from tests.fleet import FIXTURE_TIME, fixture_snapshot, snapshot_from
+from tests.fleet import FIXTURE_TIME, fixture_snapshot, samples_by_name, snapshot_from, total
 
 T_MS = int(FIXTURE_TIME * 1000)
-
-
-def _samples(text: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for metric in text_string_to_metric_families(text.decode()):
-        for sample in metric.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-def _total(samples: list[tuple[dict[str, str], float]], **match: str) -> float:
-    return sum(v for labels, v in samples if all(labels.get(k) == x for k, x in match.items()))
 
 
 def _connection(**overrides: Any) -> Connection:
@@ -90,20 +77,20 @@ def test_modes_are_normalised_and_unknown_ones_pass_through_bounded(
 
 
 def test_fixture_fleet_counts() -> None:
-    s = _samples(render_fleet(fixture_snapshot(), make_config()).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
     envs = s["letta_environments"]
-    assert _total(envs) == 8  # the ninth row is invalid and never counted
-    assert _total(envs, state="online") == 4  # a, b, f (119 s) and g (future heartbeat)
-    assert _total(envs, state="stale") == 3  # c (400 s), d (no heartbeat), h (121 s)
-    assert _total(envs, state="offline") == 1
-    assert _total(envs, mode="standard") == 2  # a and b ("default")
-    assert _total(envs, mode="unrestricted") == 2  # c ("bypassPermissions") and h
-    assert _total(envs, mode="unknown", os="unknown", version="unknown") == 1  # d
-    assert _total(envs, mode="plan", os="freebsd", version="weird-build") == 1
+    assert total(envs) == 8  # the ninth row is invalid and never counted
+    assert total(envs, state="online") == 4  # a, b, f (119 s) and g (future heartbeat)
+    assert total(envs, state="stale") == 3  # c (400 s), d (no heartbeat), h (121 s)
+    assert total(envs, state="offline") == 1
+    assert total(envs, mode="standard") == 2  # a and b ("default")
+    assert total(envs, mode="unrestricted") == 2  # c ("bypassPermissions") and h
+    assert total(envs, mode="unknown", os="unknown", version="unknown") == 1  # d
+    assert total(envs, mode="plan", os="freebsd", version="weird-build") == 1
     assert s["letta_environments_latest_version_info"] == [
         ({"version": "0.32.18", "source": "observed"}, 1.0)
     ]
-    outdated = {st: _total(s["letta_environments_outdated"], state=st) for st in STATES}
+    outdated = {st: total(s["letta_environments_outdated"], state=st) for st in STATES}
     # b (0.32.17) online, c (0.32.18-next.1: a prerelease is older) stale, e (0.29.0) offline;
     # f's unparseable and d's unknown versions never count.
     assert outdated == {"online": 1.0, "stale": 1.0, "offline": 1.0}
@@ -123,7 +110,7 @@ def test_fixture_fleet_counts() -> None:
 
 
 def test_heartbeat_histogram_covers_connected_environments_with_a_heartbeat() -> None:
-    s = _samples(render_fleet(fixture_snapshot(), make_config()).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
     buckets = {lb["le"]: v for lb, v in s["letta_environments_heartbeat_age_seconds_bucket"]}
     # Ages: a 10, b 45, c 400, f 119, g 0 (future, clamped), h 121; d has none, e offline.
     assert buckets["15.0"] == 2
@@ -137,7 +124,7 @@ def test_heartbeat_histogram_covers_connected_environments_with_a_heartbeat() ->
 
 
 def test_heartbeat_buckets_are_configurable() -> None:
-    s = _samples(
+    s = samples_by_name(
         render_fleet(fixture_snapshot(), make_config(heartbeat_buckets=(60.0, 600.0))).text
     )
     les = [lb["le"] for lb, _ in s["letta_environments_heartbeat_age_seconds_bucket"]]
@@ -145,7 +132,7 @@ def test_heartbeat_buckets_are_configurable() -> None:
 
 
 def test_per_environment_series_omit_null_timestamps() -> None:
-    s = _samples(render_fleet(fixture_snapshot(), make_config()).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
     info = {lb["environment_id"]: lb for lb, _ in s["letta_environment_info"]}
     assert len(info) == 8
     assert info["env-a"] == {
@@ -182,7 +169,9 @@ def test_private_labels_are_absent_unless_allowed() -> None:
         fixture_snapshot(),
         make_config(environment_extra_labels=("working_directory", "git_branch")),
     ).text
-    info = {lb["environment_id"]: lb for lb, _ in _samples(allowed)["letta_environment_info"]}
+    info = {
+        lb["environment_id"]: lb for lb, _ in samples_by_name(allowed)["letta_environment_info"]
+    }
     assert info["env-a"]["working_directory"] == "/Users/alice/src/secret-project"
     assert info["env-a"]["git_branch"] == "alice/secret-feature"
 
@@ -196,9 +185,11 @@ def test_the_environment_collector_can_be_turned_off() -> None:
 def test_the_cap_keeps_connected_environments_first_and_counts_the_rest() -> None:
     rendered = render_fleet(fixture_snapshot(), make_config(environment_max=3))
     assert rendered.dropped_environments == 5
-    ids = {lb["environment_id"] for lb, _ in _samples(rendered.text)["letta_environment_info"]}
+    ids = {
+        lb["environment_id"] for lb, _ in samples_by_name(rendered.text)["letta_environment_info"]
+    }
     assert ids == {"env-a", "env-b", "env-c"}  # connected, then by id; e (offline) never first
-    assert _total(_samples(rendered.text)["letta_environments"]) == 8  # aggregates keep all
+    assert total(samples_by_name(rendered.text)["letta_environments"]) == 8  # aggregates keep all
 
 
 def test_no_release_in_the_fleet_means_no_current_version_and_nothing_outdated() -> None:
@@ -218,9 +209,9 @@ def test_no_release_in_the_fleet_means_no_current_version_and_nothing_outdated()
         }
     ]
     snap = snapshot_from(json.dumps({"connections": rows, "hasNextPage": False}).encode())
-    s = _samples(render_fleet(snap, make_config()).text)
+    s = samples_by_name(render_fleet(snap, make_config()).text)
     assert "letta_environments_latest_version_info" not in s
-    assert _total(s["letta_environments_outdated"]) == 0
+    assert total(s["letta_environments_outdated"]) == 0
 
 
 def test_latest_version_orders_by_semver_not_by_text() -> None:
@@ -235,9 +226,9 @@ def test_latest_version_orders_by_semver_not_by_text() -> None:
 
 def test_an_empty_fleet_renders_headers_and_zeros() -> None:
     snap = snapshot_from(b'{"connections": [], "hasNextPage": false}')
-    s = _samples(render_fleet(snap, make_config()).text)
+    s = samples_by_name(render_fleet(snap, make_config()).text)
     assert "letta_environments" not in s  # no combination is non-zero
-    assert _total(s["letta_environments_outdated"]) == 0
+    assert total(s["letta_environments_outdated"]) == 0
     assert s["letta_environments_heartbeat_age_seconds_count"] == [({}, 0.0)]
 
 

@@ -15,6 +15,7 @@ from exporter.client import EnvironmentsClient
 from exporter.poller import FleetState, Poller
 from exporter.selfmetrics import ExporterMetrics
 from tests.conftest import make_config
+from tests.fleet import metric_value
 
 FROZEN = "2027-01-15 12:00:00"
 
@@ -69,14 +70,6 @@ def _poller(upstream: Upstream, **config: Any) -> tuple[Poller, FleetState, Expo
     return Poller(cfg, client, state, metrics), state, metrics
 
 
-def _value(metrics: ExporterMetrics, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise AssertionError(f"{name}{labels} not found")
-
-
 def _states(state: FleetState) -> dict[str, float]:
     assert state.fleet is not None
     counts: dict[str, float] = {}
@@ -104,7 +97,7 @@ def test_states_are_evaluated_with_the_clock_at_fetch_time() -> None:
         poller, state, metrics = _poller(upstream)
         assert poller.poll_once()
         assert _states(state) == {"online": 1, "stale": 2, "offline": 1}
-        assert _value(metrics, "letta_exporter_last_success_timestamp_seconds") == time.time()
+        assert metric_value(metrics, "letta_exporter_last_success_timestamp_seconds") == time.time()
         frozen.tick(3600)  # an hour later, without a new poll, nothing is re-judged
         assert _states(state) == {"online": 1, "stale": 2, "offline": 1}
 
@@ -115,16 +108,16 @@ def test_a_failed_poll_keeps_the_last_good_fleet_and_marks_down() -> None:
     poller, state, metrics = _poller(upstream)
     assert poller.poll_once()
     first = state.fleet
-    assert _value(metrics, "letta_exporter_up") == 1
+    assert metric_value(metrics, "letta_exporter_up") == 1
     assert not poller.poll_once()
     assert state.fleet is first
-    assert _value(metrics, "letta_exporter_up") == 0
-    assert _value(metrics, "letta_exporter_polls_total", result="http_error") == 1
-    assert _value(metrics, "letta_exporter_api_requests_total", code="503") == 1
+    assert metric_value(metrics, "letta_exporter_up") == 0
+    assert metric_value(metrics, "letta_exporter_polls_total", result="http_error") == 1
+    assert metric_value(metrics, "letta_exporter_api_requests_total", code="503") == 1
     assert poller.poll_once()
     assert state.fleet is not first
-    assert _value(metrics, "letta_exporter_up") == 1
-    assert _value(metrics, "letta_exporter_polls_total", result="success") == 2
+    assert metric_value(metrics, "letta_exporter_up") == 1
+    assert metric_value(metrics, "letta_exporter_polls_total", result="success") == 2
 
 
 def test_a_poll_that_fails_part_way_never_publishes_a_partial_fleet() -> None:
@@ -132,7 +125,7 @@ def test_a_poll_that_fails_part_way_never_publishes_a_partial_fleet() -> None:
     poller, state, metrics = _poller(upstream)
     assert not poller.poll_once()
     assert state.fleet is None and not state.ready
-    assert _value(metrics, "letta_exporter_last_success_timestamp_seconds") == 0
+    assert metric_value(metrics, "letta_exporter_last_success_timestamp_seconds") == 0
 
 
 def test_invalid_rows_are_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -142,7 +135,7 @@ def test_invalid_rows_are_counted_and_logged_once(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.INFO, logger="exporter"):
         for _ in range(3):
             assert poller.poll_once()
-    assert _value(metrics, "letta_exporter_invalid_records_total") == 3
+    assert metric_value(metrics, "letta_exporter_invalid_records_total") == 3
     warnings = [r for r in caplog.records if "invalid upstream row" in r.getMessage()]
     assert len(warnings) == 1 and "lastSeenAt" in warnings[0].getMessage()
     assert sum(_states(state).values()) == 1
@@ -160,7 +153,7 @@ def test_a_failure_streak_is_logged_once_and_the_recovery_once(
     recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
     assert len(errors) == 1 and "http_error" in errors[0].getMessage()
     assert len(recovered) == 1
-    assert _value(metrics, "letta_exporter_polls_total", result="http_error") == 4
+    assert metric_value(metrics, "letta_exporter_polls_total", result="http_error") == 4
 
 
 def test_an_unexpected_bug_is_counted_and_does_not_escape(caplog: pytest.LogCaptureFixture) -> None:
@@ -170,7 +163,7 @@ def test_an_unexpected_bug_is_counted_and_does_not_escape(caplog: pytest.LogCapt
     poller, _, metrics = _poller(Upstream(broken))
     with caplog.at_level(logging.ERROR):
         assert poller.poll_once() is False
-    assert _value(metrics, "letta_exporter_polls_total", result="internal_error") == 1
+    assert metric_value(metrics, "letta_exporter_polls_total", result="internal_error") == 1
 
 
 def test_the_cap_drop_count_accumulates_per_poll() -> None:
@@ -178,7 +171,7 @@ def test_the_cap_drop_count_accumulates_per_poll() -> None:
     poller, _, metrics = _poller(upstream, environment_max=2)
     poller.poll_once()
     poller.poll_once()
-    assert _value(metrics, "letta_exporter_environments_dropped_total") == 6
+    assert metric_value(metrics, "letta_exporter_environments_dropped_total") == 6
 
 
 def test_fleet_bytes_are_withdrawn_after_the_maximum_data_age() -> None:

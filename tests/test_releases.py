@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.families import (
     CurrentVersion,
@@ -27,7 +26,7 @@ from exporter.releases import ReleaseInfo, ReleaseLookup, parse_packument
 from exporter.selfmetrics import ExporterMetrics
 from exporter.simulator import SimulatorHTTPServer
 from tests.conftest import make_config
-from tests.fleet import FIXTURE_TIME, fixture_snapshot
+from tests.fleet import FIXTURE_TIME, fixture_snapshot, metric_value, samples_by_name
 
 PACKAGE = "@letta-ai/letta-code"
 
@@ -94,14 +93,6 @@ def _lookup(registry: FakeRegistry, metrics: ExporterMetrics) -> ReleaseLookup:
     return ReleaseLookup(config, observe=metrics.observe_release_lookup)
 
 
-def _value(metrics: ExporterMetrics, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    raise AssertionError(f"{name}{labels} not found")
-
-
 def test_lookup_reads_latest_and_release_dates(registry: FakeRegistry) -> None:
     metrics = ExporterMetrics(60, process=False)
     lookup = _lookup(registry, metrics)
@@ -114,8 +105,8 @@ def test_lookup_reads_latest_and_release_dates(registry: FakeRegistry) -> None:
     published = lookup.current.published
     assert published["1.4.2"] == 1_795_168_800.0 and published["1.3.0"] == 1_790_812_800.0
     assert "created" not in published and "0.9.0" not in published  # odd dates are skipped
-    assert _value(metrics, "letta_exporter_release_lookups_total", result="success") == 1
-    assert _value(metrics, "letta_exporter_release_last_success_timestamp_seconds") > 0
+    assert metric_value(metrics, "letta_exporter_release_lookups_total", result="success") == 1
+    assert metric_value(metrics, "letta_exporter_release_last_success_timestamp_seconds") > 0
 
 
 @pytest.mark.parametrize(
@@ -146,7 +137,7 @@ def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(
     finally:
         lookup.close()
     assert lookup.current is good
-    assert _value(metrics, "letta_exporter_release_lookups_total", result=result) == 2
+    assert metric_value(metrics, "letta_exporter_release_lookups_total", result=result) == 2
     assert len([r for r in caplog.records if "release lookup failed" in r.getMessage()]) == 1
 
 
@@ -163,7 +154,10 @@ def test_an_unreachable_registry_is_a_connection_error() -> None:
     finally:
         lookup.close()
     assert lookup.current is None
-    assert _value(metrics, "letta_exporter_release_lookups_total", result="connection_error") == 1
+    assert (
+        metric_value(metrics, "letta_exporter_release_lookups_total", result="connection_error")
+        == 1
+    )
 
 
 def test_the_simulator_serves_a_registry_document(simulator: SimulatorHTTPServer) -> None:
@@ -214,20 +208,12 @@ def test_precedence_pinned_then_registry_then_observed() -> None:
     assert broken is not None and broken.source == "observed"
 
 
-def _samples(text: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for metric in text_string_to_metric_families(text.decode()):
-        for sample in metric.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
 def test_drift_families_of_the_fixture_fleet_against_a_registry_release() -> None:
     releases = ReleaseInfo(
         latest="0.33.0",
         published={"0.32.18": 1_790_144_743.5, "0.29.0": 1_782_983_521.0, "9.9.9": 1.0},
     )
-    s = _samples(render_fleet(fixture_snapshot(), make_config(), releases).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), make_config(), releases).text)
     assert s["letta_environments_latest_version_info"] == [
         ({"version": "0.33.0", "source": "registry"}, 1.0)
     ]
@@ -254,7 +240,7 @@ def test_drift_families_of_the_fixture_fleet_against_a_registry_release() -> Non
 
 
 def test_a_pinned_target_wins() -> None:
-    s = _samples(
+    s = samples_by_name(
         render_fleet(
             fixture_snapshot(), make_config(version_target="0.32.17"), ReleaseInfo(latest="0.40.0")
         ).text
