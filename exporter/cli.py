@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -91,6 +90,18 @@ def _run_once(config: Config) -> int:
     return 0
 
 
+class _StopRequested(Exception):
+    """Raised by the signal handler to end the main loop."""
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    # No locks in a signal handler (an Event.set() here can deadlock against itself when
+    # signals arrive in a burst): raise instead, and let a second signal end the process.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    raise _StopRequested
+
+
 def _run_forever(config: Config) -> int:
     try:
         web = load_web_config(config.web_config_file)
@@ -167,14 +178,13 @@ def _run_forever(config: Config) -> int:
     )
     scheduler.start()
 
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    stop.wait()
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    try:
+        while True:
+            signal.pause()
+    except _StopRequested:
+        pass
     log.info("shutting down")
     scheduler.shutdown(wait=False)
     server.shutdown()

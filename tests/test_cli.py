@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -286,3 +287,19 @@ def test_the_demo_runs_with_no_api_key() -> None:
             if s.name == "letta_environments"
         )
         assert total == 30
+
+
+def test_sigterm_shuts_down_cleanly_and_a_burst_of_signals_cannot_hang_it(
+    simulator: SimulatorHTTPServer,
+) -> None:
+    with exporter_process(f"--letta.base-url={simulator.url}") as running:
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=10) == 0
+        assert "shutting down" in running.log()
+    with exporter_process(f"--letta.base-url={simulator.url}") as running:
+        # A second signal may end it by its default action; what matters is that it ends.
+        for _ in range(2000):
+            if running.process.poll() is not None:
+                break
+            running.process.send_signal(signal.SIGTERM)
+        running.process.wait(timeout=10)
