@@ -10,6 +10,9 @@ import math
 from collections.abc import Iterable, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The fleet's bytes are valid OpenMetrics as they are (gauges and a histogram, no `"` in any
+# HELP): only the exporter's own families, and `# EOF` after them, differ between the two.
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 _LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
 _HELP_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n"})
@@ -19,15 +22,20 @@ def clean(value: str, limit: int) -> str:
     """Valid UTF-8 (lone surrogates replaced) and at most ``limit`` characters."""
     if len(value) > limit:
         value = value[:limit]
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
+    if not value.isascii():  # ASCII is valid UTF-8; only the rest can hold lone surrogates
         value = value.encode("utf-8", "replace").decode("utf-8")
     return value
 
 
 def escape_label_value(value: str) -> str:
-    return value.translate(_LABEL_ESCAPES)
+    if "\\" in value or '"' in value or "\n" in value:  # three scans cost less than translate
+        return value.translate(_LABEL_ESCAPES)
+    return value
+
+
+def label_value(value: str, limit: int) -> str:
+    """An upstream string as a label value: cleaned to ``limit`` characters, then escaped."""
+    return escape_label_value(clean(value, limit))
 
 
 def format_value(value: float) -> str:
@@ -61,3 +69,23 @@ def family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, st
         for suffix, label_text, value in samples
     )
     return "".join(lines)
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """True when ``Accept`` ranks OpenMetrics (1.0.0, 0.0.1 or no version) at least as high
+    as the text format, as Prometheus does by default."""
+    openmetrics = text = 0.0
+    for item in accept.split(","):
+        media, *parameters = (part.strip() for part in item.split(";"))
+        options = dict(parameter.partition("=")[::2] for parameter in parameters)
+        try:
+            quality = float(options.get("q", "1"))
+        except ValueError:
+            continue
+        media = media.lower()
+        if media == "application/openmetrics-text":
+            if options.get("version", "1.0.0") in ("1.0.0", "0.0.1"):
+                openmetrics = max(openmetrics, quality)
+        elif media in ("text/plain", "text/*", "*/*"):
+            text = max(text, quality)
+    return openmetrics > 0 and openmetrics >= text

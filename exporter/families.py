@@ -6,18 +6,22 @@ arrived, so the same snapshot always renders the same bytes.
 
 from __future__ import annotations
 
+import io
+import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 import semver
 
 from exporter.config import Config
-from exporter.exposition import clean, escape_label_value, family, format_value, labels
-from exporter.models import Connection
+from exporter.exposition import clean, family, format_value, label_value, labels
+from exporter.models import Connection, SelfUpdate
 from exporter.releases import ReleaseInfo
-from exporter.snapshot import FleetSnapshot
+from exporter.snapshot import Environment, FleetSnapshot, UpdateAbility
 
 STATES = ("online", "stale", "offline")
 BEHIND = ("major", "minor", "patch", "prerelease")
@@ -36,13 +40,13 @@ SHORT_LABEL = 64
 LONG_LABEL = 256
 PATH_LABEL = 1024
 CACHED = "Cached from the last successful poll of the Letta API."
+BATCH = 4096  # environments per piece of rendered text: bounds the text alive beside the bytes
 
 
-@dataclass(frozen=True, slots=True)
-class EnvironmentView:
+class EnvironmentView(NamedTuple):
     """One environment as the metrics see it: state and normalised labels."""
 
-    connection: Connection
+    environment: Environment
     observed_at: float
     state: str
     os: str
@@ -56,9 +60,9 @@ class EnvironmentView:
     @property
     def heartbeat_age(self) -> float | None:
         """Seconds between the last heartbeat and the fetch; never negative (clock skew)."""
-        if self.connection.last_heartbeat is None:
+        if self.environment.last_heartbeat is None:
             return None
-        return max(0.0, self.observed_at - self.connection.last_heartbeat / 1000)
+        return max(0.0, self.observed_at - self.environment.last_heartbeat / 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +93,9 @@ def parse_version(text: str) -> semver.Version | None:
         return None
 
 
-def classify(connection: Connection, observed_at: float, online_threshold: float) -> str:
+def classify(
+    connection: Connection | Environment, observed_at: float, online_threshold: float
+) -> str:
     """`online`, `stale` or `offline`, as of the time the row was fetched."""
     if not connection.connection_id:
         return "offline"
@@ -100,17 +106,31 @@ def classify(connection: Connection, observed_at: float, online_threshold: float
 
 
 def view(snapshot: FleetSnapshot, online_threshold: float) -> list[EnvironmentView]:
+    # Labels repeat across the fleet: normalise each distinct upstream value once.
+    plain: dict[str | None, str] = {}
+    modes: dict[str | None, str] = {}
     views = []
-    for connection, observed_at in snapshot.observations():
-        metadata = connection.metadata
+    for environment, observed_at in snapshot.observations():
+        os_name = environment.os
+        os_label = plain.get(os_name)
+        if os_label is None:
+            os_label = plain[os_name] = _label_or_unknown(os_name)
+        version = environment.letta_code_version
+        version_label = plain.get(version)
+        if version_label is None:
+            version_label = plain[version] = _label_or_unknown(version)
+        mode = environment.current_mode
+        mode_label = modes.get(mode)
+        if mode_label is None:
+            mode_label = modes[mode] = normalise_mode(mode)
         views.append(
             EnvironmentView(
-                connection=connection,
-                observed_at=observed_at,
-                state=classify(connection, observed_at, online_threshold),
-                os=_label_or_unknown(metadata.os if metadata else None),
-                mode=normalise_mode(connection.current_mode),
-                version=_label_or_unknown(metadata.letta_code_version if metadata else None),
+                environment,
+                observed_at,
+                classify(environment, observed_at, online_threshold),
+                os_label,
+                mode_label,
+                version_label,
             )
         )
     return views
@@ -170,12 +190,19 @@ def behind(version: str, current: CurrentVersion | None) -> str | None:
 def not_upgradable_reason(connection: Connection) -> str | None:
     """Why Letta Code cannot upgrade itself here (a bounded set), or None when it can."""
     metadata = connection.metadata
-    update = metadata.self_update if metadata else None
+    if metadata is None:
+        return "unknown"
+    return upgrade_blocker(metadata.self_update, metadata.supported_commands)
+
+
+def upgrade_blocker(
+    update: SelfUpdate | UpdateAbility | None, commands: tuple[str, ...] | None
+) -> str | None:
+    """`not_upgradable_reason` from the two facts it depends on."""
     if update is None:
         return "unknown"
     text = (update.reason or "").lower()
     if update.supported and update.writable:
-        commands = metadata.supported_commands if metadata else None
         return None if commands and UPGRADE_COMMAND in commands else "no_upgrade_command"
     if "desktop" in text:
         return "desktop_managed"
@@ -227,11 +254,16 @@ def latest_version_family(current: CurrentVersion | None) -> str:
     )
 
 
-def outdated_family(views: list[EnvironmentView], current: CurrentVersion | None) -> str:
+def gaps(views: list[EnvironmentView], current: CurrentVersion | None) -> dict[str, str | None]:
+    """`behind` of each distinct version in the fleet: semver compares once a version, not a row."""
+    return {version: behind(version, current) for version in {v.version for v in views}}
+
+
+def outdated_family(views: list[EnvironmentView], gap_of: dict[str, str | None]) -> str:
     """# HELP letta_environments_outdated Environments running a version older than the current...
     # TYPE letta_environments_outdated gauge
     """
-    counts = Counter((v.state, gap) for v in views if (gap := behind(v.version, current)))
+    counts = Counter((v.state, gap) for v in views if (gap := gap_of[v.version]))
     return family(
         "letta_environments_outdated",
         "gauge",
@@ -246,7 +278,7 @@ def outdated_family(views: list[EnvironmentView], current: CurrentVersion | None
     )
 
 
-def upgrade_families(views: list[EnvironmentView], current: CurrentVersion | None) -> str:
+def upgrade_families(views: list[EnvironmentView], gap_of: dict[str, str | None]) -> str:
     """Outdated, connected environments that can upgrade themselves, and why the others cannot.
 
     # HELP letta_environments_upgradable Outdated, connected environments that can upgrade...
@@ -254,11 +286,17 @@ def upgrade_families(views: list[EnvironmentView], current: CurrentVersion | Non
     # HELP letta_environments_not_upgradable Outdated, connected environments that cannot...
     # TYPE letta_environments_not_upgradable gauge
     """
-    reasons: Counter[str | None] = Counter(
-        not_upgradable_reason(v.connection)
-        for v in views
-        if v.connected and behind(v.version, current)
-    )
+    # Rows share their self_update and command list objects (see SnapshotBuilder): key by them.
+    blockers: dict[tuple[int, int], str | None] = {}
+    reasons: Counter[str | None] = Counter()
+    for v in views:
+        if v.state == "offline" or not gap_of[v.version]:
+            continue
+        update, commands = v.environment.self_update, v.environment.supported_commands
+        key = (id(update), id(commands))
+        if key not in blockers:
+            blockers[key] = upgrade_blocker(update, commands)
+        reasons[blockers[key]] += 1
     return family(
         "letta_environments_upgradable",
         "gauge",
@@ -279,10 +317,14 @@ def node_major_family(views: list[EnvironmentView]) -> str:
     """# HELP letta_environments_node_major Environments by Node.js major version and state. ...
     # TYPE letta_environments_node_major gauge
     """
-    counts = Counter(
-        (node_major(v.connection.metadata.node_version if v.connection.metadata else None), v.state)
-        for v in views
-    )
+    majors: dict[str | None, str] = {}
+    counts: Counter[tuple[str, str]] = Counter()
+    for v in views:
+        node = v.environment.node_version
+        major = majors.get(node)
+        if major is None:
+            major = majors[node] = node_major(node)
+        counts[(major, v.state)] += 1
     return family(
         "letta_environments_node_major",
         "gauge",
@@ -313,16 +355,13 @@ def self_update_family(views: list[EnvironmentView]) -> str:
     """# HELP letta_environments_self_update Connected environments by self-update ability. ...
     # TYPE letta_environments_self_update gauge
     """
+    by_answer = Counter(v.environment.self_update for v in views if v.state != "offline")
     counts: Counter[tuple[str, str]] = Counter()
-    for v in views:
-        if not v.connected:
-            continue
-        metadata = v.connection.metadata
-        update = metadata.self_update if metadata else None
+    for update, n in by_answer.items():
         if update is None:
-            counts[(UNKNOWN, UNKNOWN)] += 1
+            counts[(UNKNOWN, UNKNOWN)] += n
         else:
-            counts[(str(update.supported).lower(), str(update.writable).lower())] += 1
+            counts[(str(update.supported).lower(), str(update.writable).lower())] += n
     return family(
         "letta_environments_self_update",
         "gauge",
@@ -366,72 +405,122 @@ _TIMESTAMP_FAMILIES = (
 )
 
 
+def capped(views: list[EnvironmentView], limit: int) -> list[EnvironmentView]:
+    """At most ``limit`` environments, in `id` order: connected ones first, then by `id`.
+
+    Ids that become the same label value once bounded (past 256 characters, lone surrogates)
+    keep the first environment's series only: Prometheus refuses duplicate series.
+    """
+    if any(len(v.environment.id) > LONG_LABEL or not v.environment.id.isascii() for v in views):
+        seen: set[str] = set()
+        unique = []
+        for v in views:
+            bounded = clean(v.environment.id, LONG_LABEL)
+            if bounded not in seen:
+                seen.add(bounded)
+                unique.append(v)
+        views = unique
+    if len(views) > limit:
+        # Connected environments matter most to an on-call person; the rest fill the cap by id.
+        views = sorted(views, key=lambda v: (v.state == "offline", v.environment.id))[:limit]
+    return sorted(views, key=lambda v: v.environment.id)
+
+
 def environment_families(
-    views: list[EnvironmentView], limit: int, extra_labels: tuple[str, ...]
-) -> tuple[str, int]:
-    """Per-environment families for at most ``limit`` environments; returns (text, dropped).
+    kept: list[EnvironmentView], extra_labels: tuple[str, ...]
+) -> Iterator[str]:
+    """Per-environment families of ``kept`` (see `capped`), in pieces of text to concatenate.
 
     # HELP letta_environment_info Metadata of one environment, valued 1. ...
     # TYPE letta_environment_info gauge
     # HELP letta_environment_connected Whether the environment holds a lease (1) or not (0). ...
     # TYPE letta_environment_connected gauge
     """
-    kept = views
-    if len(views) > limit:
-        # Connected environments matter most to an on-call person; the rest fill the cap by id.
-        kept = sorted(views, key=lambda v: (not v.connected, v.connection.id))[:limit]
-    kept = sorted(kept, key=lambda v: v.connection.id)
-    ids = [escape_label_value(clean(v.connection.id, LONG_LABEL)) for v in kept]
-
-    info_lines = []
-    for v, env_id in zip(kept, ids, strict=True):
-        c = v.connection
-        metadata = c.metadata
-        pairs = [
-            ("device_id", clean(c.device_id, LONG_LABEL)),
-            ("connection_name", clean(c.connection_name, LONG_LABEL)),
-            ("os", v.os),
-            ("mode", v.mode),
-            ("version", v.version),
-            ("node_version", _label_or_unknown(metadata.node_version if metadata else None)),
-            ("user_id", clean(c.user_id or "", LONG_LABEL)),
-        ]
-        if "working_directory" in extra_labels:
-            pairs.append(
-                (
-                    "working_directory",
-                    clean((metadata.working_directory if metadata else None) or "", PATH_LABEL),
-                )
-            )
-        if "git_branch" in extra_labels:
-            pairs.append(
-                ("git_branch", clean((metadata.git_branch if metadata else None) or "", LONG_LABEL))
-            )
-        rest = labels(pairs)[1:]
-        info_lines.append(f'letta_environment_info{{environment_id="{env_id}",{rest} 1\n')
-
-    parts = [
+    # This loop runs once per environment and family: values that repeat across the fleet
+    # are escaped once, each line is one f-string, and text is handed over a batch at a time.
+    names: dict[str, str] = {}
+    tails: dict[tuple[str | None, ...], str] = {}
+    with_directory = "working_directory" in extra_labels
+    with_branch = "git_branch" in extra_labels
+    selectors: list[str] = []
+    batches = [(n, n + BATCH) for n in range(0, len(kept), BATCH)]
+    yield (
         "# HELP letta_environment_info Metadata of one environment, valued 1. "
-        f"{CACHED}\n# TYPE letta_environment_info gauge\n",
-        *info_lines,
+        f"{CACHED}\n# TYPE letta_environment_info gauge\n"
+    )
+    for first, end in batches:
+        lines = []
+        for v in kept[first:end]:
+            e = v.environment
+            env_id = label_value(e.id, LONG_LABEL)
+            selectors.append(f'{{environment_id="{env_id}"}} ')
+            name = names.get(e.connection_name)
+            if name is None:
+                name = names[e.connection_name] = label_value(e.connection_name, LONG_LABEL)
+            key: tuple[str | None, ...] = (v.os, v.mode, v.version, e.node_version, e.user_id)
+            if with_directory or with_branch:
+                key += (e.working_directory, e.git_branch)
+            tail = tails.get(key)
+            if tail is None:
+                tail = tails[key] = _info_tail(v, with_directory, with_branch)
+            lines.append(
+                f'letta_environment_info{{environment_id="{env_id}",'
+                f'device_id="{label_value(e.device_id, LONG_LABEL)}",'
+                f'connection_name="{name}",{tail} 1\n'
+            )
+        yield "".join(lines)
+    yield (
         "# HELP letta_environment_connected Whether the environment holds a lease (1) or not "
-        f"(0). {CACHED}\n# TYPE letta_environment_connected gauge\n",
-        *(
-            f'letta_environment_connected{{environment_id="{env_id}"}} {int(v.connected)}\n'
-            for v, env_id in zip(kept, ids, strict=True)
-        ),
-    ]
+        f"(0). {CACHED}\n# TYPE letta_environment_connected gauge\n"
+    )
+    for first, end in batches:
+        yield "".join(
+            f"letta_environment_connected{selector}{0 if v.state == 'offline' else 1}\n"
+            for v, selector in zip(kept[first:end], selectors[first:end], strict=True)
+        )
     for name, attribute, help_text in _TIMESTAMP_FAMILIES:
         metric = f"letta_environment_{name}_timestamp_seconds"
-        parts.append(f"# HELP {metric} {help_text} Absent when upstream has none. {CACHED}\n")
-        parts.append(f"# TYPE {metric} gauge\n")
-        for v, env_id in zip(kept, ids, strict=True):
-            millis = getattr(v.connection, attribute)
-            if millis is not None:
-                parts.append(
-                    f'{metric}{{environment_id="{env_id}"}} {format_value(millis / 1000)}\n'
-                )
-    return "".join(parts), len(views) - len(kept)
+        yield (
+            f"# HELP {metric} {help_text} Absent when upstream has none. {CACHED}\n"
+            f"# TYPE {metric} gauge\n"
+        )
+        millis_of = attrgetter(attribute)
+        for first, end in batches:
+            lines = []
+            for v, selector in zip(kept[first:end], selectors[first:end], strict=True):
+                millis = millis_of(v.environment)
+                if millis is not None:
+                    seconds = millis / 1000
+                    if math.isfinite(seconds) and not seconds.is_integer():
+                        lines.append(f"{metric}{selector}{seconds!r}\n")
+                    else:
+                        lines.append(f"{metric}{selector}{format_value(seconds)}\n")
+            yield "".join(lines)
+    release(selectors)
+
+
+def release(items: list[Any]) -> None:
+    """Empty a large list a batch at a time: freeing 100,000 rows in one statement holds the
+    GIL for milliseconds on end, and a scrape waits for it."""
+    while items:
+        del items[-BATCH:]
+
+
+def _info_tail(v: EnvironmentView, with_directory: bool, with_branch: bool) -> str:
+    """The labels of an info line after `connection_name`, up to the closing brace."""
+    e = v.environment
+    pairs = [
+        ("os", v.os),
+        ("mode", v.mode),
+        ("version", v.version),
+        ("node_version", _label_or_unknown(e.node_version)),
+        ("user_id", clean(e.user_id or "", LONG_LABEL)),
+    ]
+    if with_directory:
+        pairs.append(("working_directory", clean(e.working_directory or "", PATH_LABEL)))
+    if with_branch:
+        pairs.append(("git_branch", clean(e.git_branch or "", LONG_LABEL)))
+    return labels(pairs)[1:]
 
 
 def render_fleet(
@@ -440,24 +529,29 @@ def render_fleet(
     """All fleet families of one snapshot (and the registry's answer) as exposition text."""
     views = view(snapshot, config.online_threshold)
     current = current_version(views, config.version_target, releases)
-    parts = [
+    gap_of = gaps(views, current)
+    aggregates = [
         environments_family(views),
         latest_version_family(current),
-        outdated_family(views, current),
-        upgrade_families(views, current),
+        outdated_family(views, gap_of),
+        upgrade_families(views, gap_of),
         self_update_family(views),
         heartbeat_age_family(views, config.heartbeat_buckets),
         node_major_family(views),
         release_timestamp_family(views, releases),
     ]
+    # Written a piece at a time: beside the growing bytes, only one piece of text is alive.
+    out = io.BytesIO()
+    out.write("".join(aggregates).encode("utf-8"))
     dropped = 0
     if config.collector_environment:
-        text, dropped = environment_families(
-            views, config.environment_max, config.environment_extra_labels
-        )
-        parts.append(text)
+        kept = capped(views, config.environment_max)
+        dropped = len(views) - len(kept)
+        for text in environment_families(kept, config.environment_extra_labels):
+            out.write(text.encode("utf-8"))
+        release(kept)
+    environments = len(views)
+    release(views)
     return FleetExposition(
-        text="".join(parts).encode("utf-8"),
-        environments=len(views),
-        dropped_environments=dropped,
+        text=out.getvalue(), environments=environments, dropped_environments=dropped
     )

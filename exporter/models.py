@@ -7,18 +7,22 @@ and types are strict, so a row of the wrong shape fails validation instead of be
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 __all__ = [
     "Connection",
     "EnvironmentListResponse",
     "InvalidJSONError",
+    "LoadedPage",
     "Metadata",
     "ParsedPage",
     "SelfUpdate",
     "ValidationError",
+    "load_page",
     "parse_page",
 ]
 
@@ -106,41 +110,70 @@ class ParsedPage(BaseModel):
     invalid: tuple[str, ...] = ()
 
 
+_ROWS: TypeAdapter[list[Connection]] = TypeAdapter(list[Connection])
+ROW_BATCH = 100  # rows validated per call: a call holds the GIL, and a scrape may be waiting
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPage:
+    """A page decoded and its envelope checked; the rows are plain JSON values until
+    `validate` (so the cursor is known, and the next page can be asked for, before that)."""
+
+    rows: list[Any]
+    has_next_page: bool
+    last_id: str | None
+    """The cursor for the next page: the `id` of the page's last row that has one."""
+
+    def validate(self) -> ParsedPage:
+        """The valid rows as models; invalid ones become short error texts, not exceptions."""
+        connections: list[Connection] = []
+        invalid: list[str] = []
+        for start in range(0, len(self.rows), ROW_BATCH):
+            batch = self.rows[start : start + ROW_BATCH]
+            try:
+                connections += _ROWS.validate_python(batch)
+            except ValidationError:  # one bad row: find it, keep the others
+                for index, row in enumerate(batch, start):
+                    try:
+                        connections.append(Connection.model_validate(row))
+                    except ValidationError as exc:
+                        invalid.append(_describe(index, exc))
+        return ParsedPage(
+            connections=tuple(connections),
+            has_next_page=self.has_next_page,
+            last_id=self.last_id,
+            invalid=tuple(invalid),
+        )
+
+
+def load_page(body: bytes) -> LoadedPage:
+    """Decode one page and check its envelope; raises ``InvalidJSONError`` when the body is
+    not JSON, ``ValidationError`` when the envelope is not the documented shape."""
+    # Decoded in one call (~4 ms a 1,000-row page, the GIL held), then validated in batches:
+    # validating straight from the bytes would hold the GIL ~9 ms a page, in one call.
+    try:
+        document = pydantic_core.from_json(body)  # shares repeated strings, unlike json.loads
+    except ValueError:
+        try:
+            # The stdlib decoder also accepts what the fast one refuses (lone surrogates, say).
+            document = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise InvalidJSONError(f"body is not JSON: {type(exc).__name__}") from None
+    loose = _LoosePage.model_validate(document)
+    last_id = None
+    for row in reversed(loose.connections):
+        if isinstance(row, dict) and isinstance(row.get("id"), str):
+            last_id = row["id"]
+            break
+    return LoadedPage(rows=loose.connections, has_next_page=loose.has_next_page, last_id=last_id)
+
+
 def parse_page(body: bytes) -> ParsedPage:
     """Parse one page; invalid rows are returned as short error texts, not raised.
 
     Raises ``ValidationError`` when the envelope itself is not the documented shape.
     """
-    try:
-        page = EnvironmentListResponse.model_validate_json(body)
-    except ValidationError:
-        pass  # fall through to row-by-row validation below
-    else:
-        last_id = page.connections[-1].id if page.connections else None
-        return ParsedPage(
-            connections=page.connections, has_next_page=page.has_next_page, last_id=last_id
-        )
-    try:
-        # The stdlib decoder also accepts what the fast one refuses (lone surrogates, say).
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidJSONError(f"body is not JSON: {type(exc).__name__}") from None
-    loose = _LoosePage.model_validate(document)
-    rows: list[Connection] = []
-    invalid: list[str] = []
-    for index, row in enumerate(loose.connections):
-        try:
-            rows.append(Connection.model_validate(row))
-        except ValidationError as exc:
-            invalid.append(_describe(index, exc))
-    ids = [row.get("id") for row in loose.connections if isinstance(row, dict)]
-    last_id = next((value for value in reversed(ids) if isinstance(value, str)), None)
-    return ParsedPage(
-        connections=tuple(rows),
-        has_next_page=loose.has_next_page,
-        last_id=last_id,
-        invalid=tuple(invalid),
-    )
+    return load_page(body).validate()
 
 
 class InvalidJSONError(ValueError):
