@@ -7,6 +7,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.families import render_fleet
@@ -89,7 +92,7 @@ def test_metrics_serve_the_published_fleet_plain_and_gzipped(served: tuple) -> N
     assert plain.content.startswith(fleet) and "content-encoding" not in plain.headers
     zipped = httpx.get(f"{url}/metrics", headers={"Accept-Encoding": "gzip"})
     assert zipped.headers["content-encoding"] == "gzip"
-    assert zipped.headers["vary"] == "Accept-Encoding"
+    assert zipped.headers["vary"] == "Accept, Accept-Encoding"
     body = zipped.content  # one gzip member: every client can read it
     assert body.startswith(fleet) and b"letta_exporter_up 0.0" in body
     with (
@@ -138,3 +141,26 @@ def test_keep_alive_connections_serve_several_scrapes(served: tuple) -> None:
     with httpx.Client() as client:
         for _ in range(5):
             assert client.get(f"{url}/metrics").status_code == 200
+
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_openmetrics_when_asked_first_the_same_fleet_bytes_then_own_families_and_eof(
+    served: tuple, encoding: str
+) -> None:
+    url, state, clock = served
+    fleet = _publish(state, clock.now)
+    response = httpx.get(
+        f"{url}/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": encoding}
+    )
+    assert response.headers["content-type"] == (
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )
+    assert response.content.startswith(fleet) and response.content.endswith(b"# EOF\n")
+    families = {f.name for f in openmetrics_families(response.text)}  # the strict parser
+    assert {"letta_environments", "letta_exporter_polls", "letta_environment_info"} <= families
