@@ -44,7 +44,18 @@ def test_the_official_sdk_pages_through_the_whole_fleet(
     assert ids == [spec.id for spec in simulator.fleet.specs]
 
 
-def test_sdk_models_and_ours_agree_on_every_row(sdk: Letta) -> None:
+def test_sdk_models_and_ours_agree_on_every_row() -> None:
+    # A still clock: the two requests below must see the very same heartbeats.
+    server = start_simulator(fleet_size=60, seed=3, api_key=API_KEY, clock=lambda: 1.8e9)
+    sdk = Letta(api_key=API_KEY, base_url=server.url, max_retries=0)
+    try:
+        _compare_sdk_and_ours(sdk)
+    finally:
+        sdk.close()
+        server.close()
+
+
+def _compare_sdk_and_ours(sdk: Letta) -> None:
     page = sdk.environments.list(limit="60")
     raw = sdk.environments.with_raw_response.list(limit="60")
     ours = EnvironmentListResponse.model_validate_json(raw.http_response.content)
