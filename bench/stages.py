@@ -1,0 +1,141 @@
+"""The stages of one poll, timed in-process on page bodies the simulator wrote: no HTTP.
+
+Separates what the exporter spends (parse, snapshot, render, gzip) from what the network and
+the upstream spend, so that a change to one stage can be measured before and after.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+import time
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from exporter.config import Config, Secret
+from exporter.families import render_fleet
+from exporter.models import EnvironmentListResponse, parse_page
+from exporter.simulator import SimulatedFleet
+from exporter.snapshot import FleetSnapshot, SnapshotBuilder
+
+GZIP_LEVELS = (1, 2, 3, 4, 6, 9)
+
+
+def page_bodies(size: int, page_size: int = 1000, seed: int = 1) -> list[bytes]:
+    """Every page of a simulated fleet of ``size``, as the API would send them."""
+    fleet = SimulatedFleet(size=size, seed=seed, churn=False, max_page_size=page_size)
+    bodies: list[bytes] = []
+    query = {"limit": str(page_size)}
+    while True:
+        _, _, body = fleet.list_page(query)
+        bodies.append(body)
+        document = json.loads(body)
+        if not document["hasNextPage"]:
+            return bodies
+        query["after"] = document["connections"][-1]["id"]
+
+
+def bench_config(**overrides: Any) -> Config:
+    return replace(Config(api_key=Secret("bench"), poll_jitter=0.0, page_size=1000), **overrides)
+
+
+def build_snapshot(bodies: list[bytes], observed_at: float) -> FleetSnapshot:
+    builder = SnapshotBuilder()
+    for body in bodies:
+        page = parse_page(body)
+        builder.add(observed_at, page.connections, len(page.invalid))
+    return builder.build(observed_at)
+
+
+def _timed(repeats: int, run: Callable[[], object], *, quiet: bool = True) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        if quiet:
+            gc.disable()
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+        gc.enable()
+    return times
+
+
+def _render_times(
+    bodies: list[bytes], now: float, config: Config, repeats: int
+) -> tuple[bytes, list[float]]:
+    snapshot = build_snapshot(bodies, now)
+    times = _timed(repeats, lambda: render_fleet(snapshot, config))
+    return render_fleet(snapshot, config).text, times
+
+
+def measure_stages(size: int, repeats: int = 3) -> dict[str, Any]:
+    """Seconds per stage (lists of repeats), gzip sizes by level, snapshot bytes per row."""
+    bodies = page_bodies(size)
+    now = time.time()
+    config = bench_config()
+    result: dict[str, Any] = {"size": size, "pages": len(bodies)}
+    result["body_bytes"] = sum(len(body) for body in bodies)
+    result["json_loads"] = _timed(repeats, lambda: [json.loads(b) for b in bodies])
+    result["parse"] = _timed(repeats, lambda: [parse_page(b) for b in bodies])
+    # The alternative: validate straight from the bytes, one call (and one GIL hold) a page.
+    result["parse_one_call"] = _timed(
+        repeats, lambda: [EnvironmentListResponse.model_validate_json(b) for b in bodies]
+    )
+    result["parse_snapshot"] = _timed(repeats, lambda: build_snapshot(bodies, now))
+    # The trap of the issue: full collections while the previous snapshot is alive.
+    previous = build_snapshot(bodies, now)
+    result["parse_snapshot_gc_on"] = _timed(
+        repeats, lambda: build_snapshot(bodies, now), quiet=False
+    )
+    del previous
+    rendered, result["render"] = _render_times(bodies, now, config, repeats)
+    result["exposition_bytes"] = len(rendered)
+    gzip: dict[str, dict[str, Any]] = {}
+    for level in GZIP_LEVELS:
+
+        def compress(level: int = level) -> bytes:
+            compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+            return compressor.compress(rendered) + compressor.flush()
+
+        gzip[str(level)] = {"seconds": _timed(repeats, compress), "bytes": len(compress())}
+    result["gzip"] = gzip
+    gc.collect()
+    tracemalloc.start()
+    kept = build_snapshot(bodies, now)
+    result["snapshot_bytes_per_row"] = tracemalloc.get_traced_memory()[0] / max(1, len(kept))
+    tracemalloc.stop()
+    return result
+
+
+def summary(result: dict[str, Any]) -> str:
+    def med(values: list[float]) -> str:
+        return f"{statistics.median(values):.3f}s [{min(values):.3f}-{max(values):.3f}]"
+
+    lines = [f"size {result['size']}: {result['pages']} pages, {result['body_bytes'] / 1e6:.1f} MB"]
+    for key in (
+        "json_loads",
+        "parse",
+        "parse_one_call",
+        "parse_snapshot",
+        "parse_snapshot_gc_on",
+        "render",
+    ):
+        lines.append(f"  {key:22} {med(result[key])}")
+    lines.append(f"  exposition             {result['exposition_bytes'] / 1e6:.1f} MB")
+    for level, entry in result["gzip"].items():
+        lines.append(
+            f"  gzip {level}                 {med(entry['seconds'])} {entry['bytes'] / 1e6:.2f} MB"
+        )
+    lines.append(f"  snapshot               {result['snapshot_bytes_per_row']:.0f} B/row")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for size in [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "10000").split(",")]:
+        print(summary(measure_stages(size)), flush=True)
