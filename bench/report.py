@@ -217,13 +217,11 @@ def verdicts(result: dict[str, Any]) -> list[Verdict]:
 
 # Why a target is missed, by kind; printed only for the targets this run missed.
 WHY = {
-    "floor": "A scrape serves the bytes of the last poll plus the exporter's own small "
-    "registry, rendered per scrape by prometheus-client (~0.3 ms of Python, ProcessCollector "
-    "reads included); while `exporter/server.py` concatenates the fleet's bytes with it, "
-    "every plain scrape also copies the whole exposition (68 MB at 100,000 environments; "
-    "sending the parts one after the other, the server change proposed with this benchmark, "
-    "measured at the floor). With 8 clients on 2 cores the scrapes queue for the GIL. "
-    "Scrape p99 on this shared machine also moves by 20-50% between runs: see the p50s too.",
+    "floor": "A scrape sends the bytes of the last poll as they are (no copy, one `sendall`) "
+    "plus the exporter's own small registry, rendered per scrape by prometheus-client (~0.3 ms "
+    "of Python, ProcessCollector reads included), so its p50 sits near the floor's. Its p99 "
+    "is one run's slowest few scrapes on a shared 2-core machine and moves by 20-50% between "
+    "runs (see the range column); with 8 clients the scrapes also queue for the GIL.",
     "usual": "This ratio is the usual design's p99 over the exporter's: it misses where the "
     "exporter's own p99 strays far from its floor (see the first point), not because the usual "
     "design is quick; it needs seconds per scrape at 100,000 environments.",
@@ -239,11 +237,9 @@ WHY = {
     "(see below), which took this from ~9x to ~2-4x; closing the rest needs smaller pages "
     "(the wait scales with `--letta.page-size`) or decoding in another process.",
     "during-plain": "See the gzip case: the same waits for the GIL, on a larger scrape.",
-    "memory-burst": "The peak over polls is under the target; the peak comes from concurrent "
-    "plain scrapes: while `exporter/server.py` answers with `fleet.plain + own`, each "
-    "scrape in flight holds its own copy of the exposition (68 MB at 100,000 environments). "
-    "Sending the two parts one after the other removes it (the server change proposed with "
-    "this benchmark: 276 MiB with 8 concurrent scrapes).",
+    "memory-burst": "The peak over polls is under the target; the rest comes from scrapes in "
+    "flight while a poll builds the next exposition: each holds the exporter's own small "
+    "registry and its socket buffers, and the previous exposition stays alive until the swap.",
     "memory": "During a poll the previous exposition (plain and gzip, ~80 MB at 100,000) is "
     "still served while the new snapshot (~53 MB), its views and the new exposition are "
     "built; freed memory stays with the process (pymalloc arenas) between polls.",
