@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -12,6 +13,24 @@ from exporter.snapshot import FleetSnapshot, SnapshotBuilder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_TIME = 1_800_000_000.0  # the instant the fixture fleet's page "arrived"
+
+
+def upstream_row(env_id: str = "e", **overrides: Any) -> dict[str, Any]:
+    """A minimal valid row of `GET /v1/environments`: no lease, no heartbeat, no metadata."""
+    row: dict[str, Any] = {
+        "id": env_id,
+        "connectedAt": None,
+        "connectionId": None,
+        "connectionName": "n",
+        "deviceId": "d",
+        "firstSeenAt": 0,
+        "lastHeartbeat": None,
+        "lastSeenAt": 0,
+        "organizationId": "o",
+        "podId": None,
+    }
+    row.update(overrides)
+    return row
 
 
 def snapshot_from(body: bytes, observed_at: float = FIXTURE_TIME) -> FleetSnapshot:

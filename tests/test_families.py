@@ -18,7 +18,14 @@ from exporter.families import (
 from exporter.models import Connection
 from exporter.snapshot import SnapshotBuilder
 from tests.conftest import make_config
-from tests.fleet import FIXTURE_TIME, fixture_snapshot, samples_by_name, snapshot_from, total
+from tests.fleet import (
+    FIXTURE_TIME,
+    fixture_snapshot,
+    samples_by_name,
+    snapshot_from,
+    total,
+    upstream_row,
+)
 
 T_MS = int(FIXTURE_TIME * 1000)
 
@@ -193,21 +200,7 @@ def test_the_cap_keeps_connected_environments_first_and_counts_the_rest() -> Non
 
 
 def test_no_release_in_the_fleet_means_no_current_version_and_nothing_outdated() -> None:
-    rows = [
-        {
-            "id": "x",
-            "connectedAt": None,
-            "connectionId": None,
-            "connectionName": "n",
-            "deviceId": "d",
-            "firstSeenAt": 0,
-            "lastHeartbeat": None,
-            "lastSeenAt": 0,
-            "organizationId": "o",
-            "podId": None,
-            "metadata": {"lettaCodeVersion": "1.0.0-next.1"},
-        }
-    ]
+    rows = [upstream_row("x", metadata={"lettaCodeVersion": "1.0.0-next.1"})]
     snap = snapshot_from(json.dumps({"connections": rows, "hasNextPage": False}).encode())
     s = samples_by_name(render_fleet(snap, make_config()).text)
     assert "letta_environments_latest_version_info" not in s

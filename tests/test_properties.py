@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.models import parse_page
 from exporter.snapshot import SnapshotBuilder
 from tests.conftest import make_config, require_tool
+from tests.fleet import upstream_row
 
 OBSERVED_AT = 1_800_000_000.0
 SHORT, LONG, PATH = 64, 256, 1024  # the bounds of docs/metrics.md, written down independently
@@ -322,17 +323,7 @@ def test_a_hand_made_hostile_fleet_passes_promtool() -> None:
 def test_ids_that_are_equal_once_bounded_get_one_series_and_count_as_dropped() -> None:
     """Found by the property above: two such ids made two identical series, which Prometheus
     refuses. Both environments are counted; the second has no series of its own."""
-    row = {
-        "connectedAt": None,
-        "connectionId": None,
-        "connectionName": "n",
-        "deviceId": "d",
-        "firstSeenAt": 0,
-        "lastHeartbeat": None,
-        "lastSeenAt": 0,
-        "organizationId": "o",
-        "podId": None,
-    }
+    row = upstream_row()
     ids = ["dup\ud800", "dup\udfff", "i" * 256 + "a", "i" * 256 + "b", "plain"]
     text, environments, dropped = render([[{**row, "id": i} for i in ids]], 100_000)
     families = {f.name: f for f in text_string_to_metric_families(text.decode())}

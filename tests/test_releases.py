@@ -26,7 +26,13 @@ from exporter.releases import ReleaseInfo, ReleaseLookup, parse_packument
 from exporter.selfmetrics import ExporterMetrics
 from exporter.simulator import SimulatorHTTPServer
 from tests.conftest import make_config
-from tests.fleet import FIXTURE_TIME, fixture_snapshot, metric_value, samples_by_name
+from tests.fleet import (
+    FIXTURE_TIME,
+    fixture_snapshot,
+    metric_value,
+    samples_by_name,
+    upstream_row,
+)
 
 PACKAGE = "@letta-ai/letta-code"
 
@@ -253,19 +259,7 @@ def test_a_pinned_target_wins() -> None:
 
 
 def _connection(metadata: dict[str, Any] | None) -> Connection:
-    row = {
-        "id": "e",
-        "connectedAt": None,
-        "connectionId": "c",
-        "connectionName": "n",
-        "deviceId": "d",
-        "firstSeenAt": 0,
-        "lastHeartbeat": None,
-        "lastSeenAt": 0,
-        "organizationId": "o",
-        "podId": None,
-        "metadata": metadata,
-    }
+    row = upstream_row(connectionId="c", metadata=metadata)
     return Connection.model_validate_json(json.dumps(row))
 
 
