@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -59,29 +59,43 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             simulator.close()
 
 
-def _release_lookup(config: Config, metrics: ExporterMetrics) -> ReleaseLookup | None:
-    if not config.version_registry or config.version_target:
-        return None  # a pinned version needs no lookup
-    return ReleaseLookup(config, observe=metrics.observe_release_lookup)
+@dataclass(frozen=True)
+class _Polling:
+    """Everything a poll needs, wired once for both run modes; `close` releases it."""
+
+    state: FleetState
+    client: EnvironmentsClient
+    lookup: ReleaseLookup | None
+    poller: Poller
+
+    def close(self) -> None:
+        self.client.close()
+        if self.lookup is not None:
+            self.lookup.close()
+
+
+def _polling(config: Config, metrics: ExporterMetrics) -> _Polling:
+    state = FleetState()
+    client = EnvironmentsClient(config, observe=metrics.observe_request)
+    lookup = None
+    if config.version_registry and not config.version_target:  # a pinned version needs none
+        lookup = ReleaseLookup(config, observe=metrics.observe_release_lookup)
+    poller = Poller(
+        config, client, state, metrics, releases=lambda: lookup.current if lookup else None
+    )
+    return _Polling(state=state, client=client, lookup=lookup, poller=poller)
 
 
 def _run_once(config: Config) -> int:
     metrics = ExporterMetrics(config.poll_interval, process=False)
-    state = FleetState()
-    client = EnvironmentsClient(config, observe=metrics.observe_request)
-    lookup = _release_lookup(config, metrics)
+    polling = _polling(config, metrics)
     try:
-        if lookup is not None:
-            lookup.refresh()
-        poller = Poller(
-            config, client, state, metrics, releases=lambda: lookup.current if lookup else None
-        )
-        ok = poller.poll_once()
+        if polling.lookup is not None:
+            polling.lookup.refresh()
+        ok = polling.poller.poll_once()
     finally:
-        client.close()
-        if lookup is not None:
-            lookup.close()
-    fleet = state.fleet
+        polling.close()
+    fleet = polling.state.fleet
     if not ok or fleet is None:
         print(f"{PROG}: error: the poll failed (see the log above)", file=sys.stderr)
         return 1
@@ -109,17 +123,13 @@ def _run_forever(config: Config) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     metrics = ExporterMetrics(config.poll_interval)
-    state = FleetState()
-    client = EnvironmentsClient(config, observe=metrics.observe_request)
-    lookup = _release_lookup(config, metrics)
-    poller = Poller(
-        config, client, state, metrics, releases=lambda: lookup.current if lookup else None
-    )
+    polling = _polling(config, metrics)
+    lookup, poller = polling.lookup, polling.poller
     try:
         host, port = parse_listen_address(config.listen_address)
         server = ExporterHTTPServer(
             (host, port),
-            state=state,
+            state=polling.state,
             metrics=metrics,
             telemetry_path=config.telemetry_path,
             max_data_age=config.effective_max_data_age,
@@ -130,7 +140,7 @@ def _run_forever(config: Config) -> int:
             f"{PROG}: error: cannot listen on {config.listen_address}: {exc.strerror}",
             file=sys.stderr,
         )
-        client.close()
+        polling.close()
         return 2
     serve_in_background(server)
     bound_port = server.server_port
@@ -189,7 +199,5 @@ def _run_forever(config: Config) -> int:
     scheduler.shutdown(wait=False)
     server.shutdown()
     server.server_close()
-    client.close()
-    if lookup is not None:
-        lookup.close()
+    polling.close()
     return 0
