@@ -24,7 +24,7 @@ from exporter.families import (
 from exporter.models import Connection
 from exporter.releases import ReleaseInfo, ReleaseLookup, parse_packument
 from exporter.selfmetrics import ExporterMetrics
-from exporter.simulator import SimulatorHTTPServer
+from exporter.simulator import LATEST_RELEASE, RELEASES, SimulatorHTTPServer
 from tests.conftest import make_config
 from tests.fleet import (
     FIXTURE_TIME,
@@ -172,7 +172,8 @@ def test_the_simulator_serves_a_registry_document(simulator: SimulatorHTTPServer
         assert lookup.refresh()
     finally:
         lookup.close()
-    assert lookup.current is not None and lookup.current.latest == "0.32.18"
+    assert lookup.current is not None and lookup.current.latest == LATEST_RELEASE
+    assert set(lookup.current.published) == set(RELEASES)
 
 
 def _current(version: str, source: str = "registry") -> CurrentVersion:
