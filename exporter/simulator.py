@@ -146,22 +146,20 @@ _KINDS = (("cli", 86), ("desktop", 8), ("sandbox", 6))
 GIB = 2**30
 # What `metadata.machine` looks like by OS: names, versions, models, CPUs, GPUs, memory.
 _MAC = {
-    "osName": ("macOS",),
-    "osVersion": ("15.1.1", "15.2", "14.7.1", "26.0.1"),
+    "os": (("macOS", ("15.1.1", "15.2", "14.7.1", "26.0.1")),),
     "model": ("MacBook Pro", "MacBook Air", "Mac mini", "Mac Studio"),
     "cpu": ("Apple M1", "Apple M2 Pro", "Apple M3 Max", "Apple M4 Pro"),
     "memory": (16, 18, 24, 32, 36, 48, 64, 96, 128),
 }
 _LINUX = {
-    "osName": (
-        "Ubuntu",
-        "Ubuntu",
-        "Debian GNU/Linux",
-        "Fedora Linux",
-        "Alpine Linux",
-        "Arch Linux",
+    "os": (
+        ("Ubuntu", ("24.04", "22.04", "24.10")),
+        ("Ubuntu", ("24.04",)),
+        ("Debian GNU/Linux", ("12", "13")),
+        ("Fedora Linux", ("41", "42")),
+        ("Alpine Linux", ("3.20.3", "3.21.0")),
+        ("Arch Linux", ("rolling",)),
     ),
-    "osVersion": ("24.04", "22.04", "12", "13", "41", "3.20.3", "2024.11.01"),
     "model": ("PowerEdge R650", "Standard PC (Q35 + ICH9, 2009)", "ThinkPad X1 Carbon Gen 11"),
     "cpu": (
         "AMD EPYC 7B13",
@@ -172,13 +170,12 @@ _LINUX = {
     "memory": (16, 32, 64, 128, 256, 512),
 }
 _WINDOWS = {
-    "osName": (
-        "Microsoft Windows 11 Pro",
-        "Microsoft Windows 11 Home",
-        "Microsoft Windows 10 Pro",
-        "Windows",
+    "os": (
+        ("Microsoft Windows 11 Pro", ("10.0.22631", "10.0.26100")),
+        ("Microsoft Windows 11 Home", ("10.0.22631", "10.0.26100")),
+        ("Microsoft Windows 10 Pro", ("10.0.19045",)),
+        ("Windows", ("10.0.26100",)),
     ),
-    "osVersion": ("10.0.22631", "10.0.26100", "10.0.19045"),
     "model": ("XPS 15 9530", "Surface Laptop 7", "OptiPlex 7090"),
     "cpu": ("13th Gen Intel(R) Core(TM) i7-13700H", "AMD Ryzen 7 7840U w/ Radeon 780M Graphics"),
     "memory": (8, 16, 32, 64),
@@ -212,13 +209,14 @@ def _has_machine_facts(version: str | None) -> bool:
 def machine_facts(rng: random.Random, os_name: str | None, kind: str) -> dict[str, Any]:
     """A plausible `metadata.machine` for an environment of this OS and kind."""
     container = kind == "sandbox" or (os_name == "linux" and rng.random() < 0.35)
-    table = {"darwin": _MAC, "win32": _WINDOWS}.get(os_name or "", _LINUX)
+    table: dict[str, Any] = {"darwin": _MAC, "win32": _WINDOWS}.get(os_name or "", _LINUX)
+    name, versions = ("Debian GNU/Linux", ("12",)) if kind == "sandbox" else rng.choice(table["os"])
     facts: dict[str, Any] = {
         "architecture": "arm64"
         if (os_name == "darwin" and rng.random() < 0.85) or rng.random() < 0.15
         else "x64",
-        "osName": "Debian GNU/Linux" if kind == "sandbox" else rng.choice(table["osName"]),
-        "osVersion": "12" if kind == "sandbox" else rng.choice(table["osVersion"]),
+        "osName": name,
+        "osVersion": rng.choice(versions),
         "model": "Container" if container else rng.choice(table["model"]),
         "cpu": rng.choice(table["cpu"]),
         "memoryBytes": (rng.choice((2, 4, 8, 16)) if container else rng.choice(table["memory"]))
