@@ -145,13 +145,13 @@ _PEOPLE = ("alice", "bob", "carol", "dan", "erin", "frank", "grace", "heidi", "i
 _KINDS = (("cli", 86), ("desktop", 8), ("sandbox", 6))
 GIB = 2**30
 # What `metadata.machine` looks like by OS: names, versions, models, CPUs, GPUs, memory.
-_MAC = {
+_MAC: dict[str, Any] = {
     "os": (("macOS", ("15.1.1", "15.2", "14.7.1", "26.0.1")),),
     "model": ("MacBook Pro", "MacBook Air", "Mac mini", "Mac Studio"),
     "cpu": ("Apple M1", "Apple M2 Pro", "Apple M3 Max", "Apple M4 Pro"),
     "memory": (16, 18, 24, 32, 36, 48, 64, 96, 128),
 }
-_LINUX = {
+_LINUX: dict[str, Any] = {
     "os": (
         ("Ubuntu", ("24.04", "22.04", "24.10")),
         ("Ubuntu", ("24.04",)),
@@ -169,7 +169,7 @@ _LINUX = {
     ),
     "memory": (16, 32, 64, 128, 256, 512),
 }
-_WINDOWS = {
+_WINDOWS: dict[str, Any] = {
     "os": (
         ("Microsoft Windows 11 Pro", ("10.0.22631", "10.0.26100")),
         ("Microsoft Windows 11 Home", ("10.0.22631", "10.0.26100")),
@@ -209,7 +209,7 @@ def _has_machine_facts(version: str | None) -> bool:
 def machine_facts(rng: random.Random, os_name: str | None, kind: str) -> dict[str, Any]:
     """A plausible `metadata.machine` for an environment of this OS and kind."""
     container = kind == "sandbox" or (os_name == "linux" and rng.random() < 0.35)
-    table: dict[str, Any] = {"darwin": _MAC, "win32": _WINDOWS}.get(os_name or "", _LINUX)
+    table = {"darwin": _MAC, "win32": _WINDOWS}.get(os_name or "", _LINUX)
     name, versions = ("Debian GNU/Linux", ("12",)) if kind == "sandbox" else rng.choice(table["os"])
     facts: dict[str, Any] = {
         "architecture": "arm64"
