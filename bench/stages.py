@@ -17,8 +17,8 @@ from dataclasses import replace
 from typing import Any
 
 from exporter.config import Config, Secret
-from exporter.families import render_fleet
 from exporter.models import EnvironmentListResponse, parse_page
+from exporter.rendering import render_fleet
 from exporter.simulator import SimulatedFleet
 from exporter.snapshot import FleetSnapshot, SnapshotBuilder
 
@@ -68,8 +68,8 @@ def _render_times(
     bodies: list[bytes], now: float, config: Config, repeats: int
 ) -> tuple[bytes, list[float]]:
     snapshot = build_snapshot(bodies, now)
-    times = _timed(repeats, lambda: render_fleet(snapshot, config))
-    return render_fleet(snapshot, config).text, times
+    times = _timed(repeats, lambda: render_fleet(snapshot, config.render_options()))
+    return render_fleet(snapshot, config.render_options()).text, times
 
 
 def measure_stages(size: int, repeats: int = 3) -> dict[str, Any]:

@@ -15,11 +15,9 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from exporter.client import EnvironmentsClient
 from exporter.config import Config, Secret
 from exporter.exposition import clean
-from exporter.families import (
+from exporter.fleet import (
     BEHIND,
-    CACHED,
     LONG_LABEL,
-    MEMORY_BUCKETS,
     NOT_UPGRADABLE_REASONS,
     STATES,
     UNKNOWN,
@@ -31,6 +29,7 @@ from exporter.families import (
     upgrade_blocker,
     view,
 )
+from exporter.rendering import CACHED, MEMORY_BUCKETS
 from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import FleetSnapshot, SnapshotBuilder
 

@@ -20,6 +20,7 @@ import yaml
 
 from exporter import __version__
 from exporter.errors import ConfigError
+from exporter.rendering import RenderOptions
 
 DEFAULT_PORT = 8377
 DEFAULT_HEARTBEAT_BUCKETS = (
@@ -115,6 +116,16 @@ class Config:
         if self.max_data_age is not None:
             return self.max_data_age
         return max(10 * self.poll_interval, 600.0)
+
+    def render_options(self) -> RenderOptions:
+        return RenderOptions(
+            online_threshold=self.online_threshold,
+            heartbeat_buckets=self.heartbeat_buckets,
+            version_target=self.version_target,
+            per_environment=self.collector_environment,
+            environment_max=self.environment_max,
+            extra_labels=self.environment_extra_labels,
+        )
 
 
 # --- value parsers: each raises ValueError with a short reason ----------------------------

@@ -19,8 +19,8 @@ from exporter import clock
 from exporter.client import EnvironmentsClient
 from exporter.config import Config
 from exporter.errors import UpstreamError
-from exporter.families import render_fleet
-from exporter.releases import ReleaseInfo
+from exporter.fleet import ReleaseInfo
+from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import SnapshotBuilder
 
@@ -138,6 +138,7 @@ class Poller:
         monotonic: Callable[[], float] = clock.monotonic,
     ) -> None:
         self._config = config
+        self._render_options = config.render_options()
         self._releases = releases
         self._client = client
         self._state = state
@@ -208,7 +209,7 @@ class Poller:
             self._last_invalid = builder.invalid_records
         if builder.duplicates:
             log.debug("ignored %d row(s) seen on an earlier page", builder.duplicates)
-        rendered = render_fleet(snapshot, self._config, self._releases())
+        rendered = render_fleet(snapshot, self._render_options, self._releases())
         if rendered.dropped_environments:
             self._metrics.dropped.inc(rendered.dropped_environments)
         completed_at = snapshot.completed_at

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime
 from types import MappingProxyType
 from urllib.parse import quote
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exporter import __version__, clock
 from exporter.config import Config
+from exporter.fleet import ReleaseInfo
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,6 @@ class Packument(BaseModel):
 
     dist_tags: dict[str, str] = Field(alias="dist-tags")
     time: dict[str, str] = Field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ReleaseInfo:
-    """The registry's `latest` version and when each version was published (epoch seconds)."""
-
-    latest: str
-    published: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    fetched_at: float = 0.0
 
 
 def parse_packument(body: bytes, fetched_at: float) -> ReleaseInfo:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from exporter.config import Config, Secret
+from exporter.rendering import RenderOptions
 from exporter.simulator import SimulatorHTTPServer, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,11 @@ def free_port() -> int:
 def make_config(**overrides: Any) -> Config:
     base = Config(api_key=Secret(API_KEY), base_url="http://upstream.test", poll_jitter=0.0)
     return replace(base, **overrides)
+
+
+def render_options(**overrides: Any) -> RenderOptions:
+    """What rendering reads of a test configuration (`make_config` names the overrides)."""
+    return make_config(**overrides).render_options()
 
 
 @pytest.fixture

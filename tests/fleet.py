@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.models import parse_page
 from exporter.selfmetrics import ExporterMetrics
-from exporter.snapshot import FleetSnapshot, SnapshotBuilder
+from exporter.snapshot import Environment, FleetSnapshot, SnapshotBuilder
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_TIME = 1_800_000_000.0  # the instant the fixture fleet's page "arrived"
@@ -38,6 +39,13 @@ def snapshot_from(body: bytes, observed_at: float = FIXTURE_TIME) -> FleetSnapsh
     builder = SnapshotBuilder()
     builder.add(observed_at, page.connections, len(page.invalid))
     return builder.build(observed_at)
+
+
+def environment_of(row: dict[str, Any], observed_at: float = FIXTURE_TIME) -> Environment:
+    """One upstream row as the snapshot keeps it."""
+    body = json.dumps({"connections": [row], "hasNextPage": False}).encode()
+    ((environment, _),) = snapshot_from(body, observed_at).observations()
+    return environment
 
 
 def fixture_snapshot() -> FleetSnapshot:

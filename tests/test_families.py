@@ -7,18 +7,11 @@ from typing import Any
 
 import pytest
 
-from exporter.families import (
-    STATES,
-    classify,
-    latest_version,
-    normalise_mode,
-    os_version_label,
-    render_fleet,
-    view,
-)
+from exporter.fleet import STATES, classify, latest_version, normalise_mode, os_version_label, view
 from exporter.models import Connection
-from exporter.snapshot import SnapshotBuilder
-from tests.conftest import make_config
+from exporter.rendering import render_fleet
+from exporter.snapshot import Environment, SnapshotBuilder
+from tests.conftest import render_options
 from tests.fleet import (
     FIXTURE_TIME,
     fixture_snapshot,
@@ -48,6 +41,13 @@ def _connection(**overrides: Any) -> Connection:
     return Connection.model_validate_json(json.dumps(row))
 
 
+def _environment(**overrides: Any) -> Environment:
+    builder = SnapshotBuilder()
+    builder.add(FIXTURE_TIME, (_connection(**overrides),), 0)
+    ((environment, _),) = builder.build(FIXTURE_TIME).observations()
+    return environment
+
+
 @pytest.mark.parametrize(
     ("overrides", "state"),
     [
@@ -61,7 +61,7 @@ def _connection(**overrides: Any) -> Connection:
     ],
 )
 def test_state_is_judged_at_fetch_time(overrides: dict[str, Any], state: str) -> None:
-    assert classify(_connection(**overrides), FIXTURE_TIME, 120.0) == state
+    assert classify(_environment(**overrides), FIXTURE_TIME, 120.0) == state
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_modes_are_normalised_and_unknown_ones_pass_through_bounded(
 
 
 def test_fixture_fleet_counts() -> None:
-    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), render_options()).text)
     envs = s["letta_environments"]
     assert total(envs) == 8  # the ninth row is invalid and never counted
     assert total(envs, state="online") == 4  # a, b, f (119 s) and g (future heartbeat)
@@ -120,7 +120,7 @@ def test_fixture_fleet_counts() -> None:
 
 
 def test_heartbeat_histogram_covers_connected_environments_with_a_heartbeat() -> None:
-    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), render_options()).text)
     buckets = {lb["le"]: v for lb, v in s["letta_environments_heartbeat_age_seconds_bucket"]}
     # Ages: a 10, b 45, c 400, f 119, g 0 (future, clamped), h 121; d has none, e offline.
     assert buckets["15.0"] == 2
@@ -135,14 +135,14 @@ def test_heartbeat_histogram_covers_connected_environments_with_a_heartbeat() ->
 
 def test_heartbeat_buckets_are_configurable() -> None:
     s = samples_by_name(
-        render_fleet(fixture_snapshot(), make_config(heartbeat_buckets=(60.0, 600.0))).text
+        render_fleet(fixture_snapshot(), render_options(heartbeat_buckets=(60.0, 600.0))).text
     )
     les = [lb["le"] for lb, _ in s["letta_environments_heartbeat_age_seconds_bucket"]]
     assert les == ["60.0", "600.0", "+Inf"]
 
 
 def test_per_environment_series_omit_null_timestamps() -> None:
-    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), render_options()).text)
     info = {lb["environment_id"]: lb for lb, _ in s["letta_environment_info"]}
     assert len(info) == 8
     assert info["env-a"] == {
@@ -176,12 +176,12 @@ def test_per_environment_series_omit_null_timestamps() -> None:
 
 
 def test_private_labels_are_absent_unless_allowed() -> None:
-    plain = render_fleet(fixture_snapshot(), make_config()).text
+    plain = render_fleet(fixture_snapshot(), render_options()).text
     assert b"secret-project" not in plain
     assert b"secret-feature" not in plain
     allowed = render_fleet(
         fixture_snapshot(),
-        make_config(environment_extra_labels=("working_directory", "git_branch")),
+        render_options(environment_extra_labels=("working_directory", "git_branch")),
     ).text
     info = {
         lb["environment_id"]: lb for lb, _ in samples_by_name(allowed)["letta_environment_info"]
@@ -191,13 +191,13 @@ def test_private_labels_are_absent_unless_allowed() -> None:
 
 
 def test_the_environment_collector_can_be_turned_off() -> None:
-    text = render_fleet(fixture_snapshot(), make_config(collector_environment=False)).text
+    text = render_fleet(fixture_snapshot(), render_options(collector_environment=False)).text
     assert b"letta_environment_" not in text
     assert b"letta_environments{" in text
 
 
 def test_the_cap_keeps_connected_environments_first_and_counts_the_rest() -> None:
-    rendered = render_fleet(fixture_snapshot(), make_config(environment_max=3))
+    rendered = render_fleet(fixture_snapshot(), render_options(environment_max=3))
     assert rendered.dropped_environments == 5
     ids = {
         lb["environment_id"] for lb, _ in samples_by_name(rendered.text)["letta_environment_info"]
@@ -209,7 +209,7 @@ def test_the_cap_keeps_connected_environments_first_and_counts_the_rest() -> Non
 def test_no_release_in_the_fleet_means_no_current_version_and_nothing_outdated() -> None:
     rows = [upstream_row("x", metadata={"lettaCodeVersion": "1.0.0-next.1"})]
     snap = snapshot_from(json.dumps({"connections": rows, "hasNextPage": False}).encode())
-    s = samples_by_name(render_fleet(snap, make_config()).text)
+    s = samples_by_name(render_fleet(snap, render_options()).text)
     assert "letta_environments_latest_version_info" not in s
     assert total(s["letta_environments_outdated"]) == 0
 
@@ -226,7 +226,7 @@ def test_latest_version_orders_by_semver_not_by_text() -> None:
 
 def test_an_empty_fleet_renders_headers_and_zeros() -> None:
     snap = snapshot_from(b'{"connections": [], "hasNextPage": false}')
-    s = samples_by_name(render_fleet(snap, make_config()).text)
+    s = samples_by_name(render_fleet(snap, render_options()).text)
     assert "letta_environments" not in s  # no combination is non-zero
     assert total(s["letta_environments_outdated"]) == 0
     assert s["letta_environments_heartbeat_age_seconds_count"] == [({}, 0.0)]
@@ -243,11 +243,11 @@ def test_rows_seen_on_two_pages_count_once() -> None:
 
 def test_rendering_is_a_pure_function_of_the_snapshot() -> None:
     snap = fixture_snapshot()
-    assert render_fleet(snap, make_config()).text == render_fleet(snap, make_config()).text
+    assert render_fleet(snap, render_options()).text == render_fleet(snap, render_options()).text
 
 
 def test_machine_inventory_of_the_fixture_fleet() -> None:
-    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), render_options()).text)
     machines = s["letta_environments_machine"]
     for state in STATES:  # the same environments as letta_environments, by other labels
         assert total(machines, state=state) == total(s["letta_environments"], state=state)
@@ -272,7 +272,7 @@ def test_machine_inventory_of_the_fixture_fleet() -> None:
 
 
 def test_memory_cpu_and_gpu_of_connected_machines() -> None:
-    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), render_options()).text)
     gib = 2**30
     buckets = {float(lb["le"]): v for lb, v in s["letta_environments_memory_bytes_bucket"]}
     # Connected with memoryBytes: b 8 GiB, h 16 GiB, c 32 GiB, a 36 GiB.
@@ -309,7 +309,7 @@ def test_cpu_models_beyond_the_most_common_count_as_other() -> None:
     snap = snapshot_from(json.dumps({"connections": rows, "hasNextPage": False}).encode())
     cpus = {
         lb["cpu"]: v
-        for lb, v in samples_by_name(render_fleet(snap, make_config()).text)[
+        for lb, v in samples_by_name(render_fleet(snap, render_options()).text)[
             "letta_environments_cpu"
         ]
     }

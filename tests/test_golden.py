@@ -8,15 +8,15 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.families import render_fleet
-from tests.conftest import make_config, require_tool
+from exporter.rendering import render_fleet
+from tests.conftest import render_options, require_tool
 from tests.fleet import fixture_snapshot
 
 GOLDEN = Path(__file__).parent / "golden" / "fleet.prom"
 
 
 def test_fixture_fleet_matches_the_golden_exposition() -> None:
-    text = render_fleet(fixture_snapshot(), make_config()).text
+    text = render_fleet(fixture_snapshot(), render_options()).text
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.write_bytes(text)
     assert text.decode() == GOLDEN.read_text(encoding="utf-8")

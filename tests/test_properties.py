@@ -229,7 +229,7 @@ def _body(page: list[Any], more: bool) -> bytes:
 
 def render(pages: list[list[Any]], cap: int) -> tuple[bytes, int, int]:
     """(exposition, environments, dropped) through the exporter's own path."""
-    from exporter.families import render_fleet
+    from exporter.rendering import render_fleet
 
     builder = SnapshotBuilder()
     for number, page in enumerate(pages):
@@ -238,7 +238,7 @@ def render(pages: list[list[Any]], cap: int) -> tuple[bytes, int, int]:
     config = make_config(
         environment_max=cap, environment_extra_labels=("working_directory", "git_branch")
     )
-    rendered = render_fleet(builder.build(OBSERVED_AT + len(pages)), config)
+    rendered = render_fleet(builder.build(OBSERVED_AT + len(pages)), config.render_options())
     return rendered.text, rendered.environments, rendered.dropped_environments
 
 

@@ -11,23 +11,24 @@ from typing import Any
 
 import pytest
 
-from exporter.families import (
+from exporter.fleet import (
     CurrentVersion,
+    ReleaseInfo,
     behind,
     current_version,
     node_major,
-    not_upgradable_reason,
     parse_version,
-    render_fleet,
+    upgrade_blocker,
     view,
 )
-from exporter.models import Connection
-from exporter.releases import ReleaseInfo, ReleaseLookup, parse_packument
+from exporter.releases import ReleaseLookup, parse_packument
+from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.simulator import LATEST_RELEASE, RELEASES, SimulatorHTTPServer
-from tests.conftest import make_config
+from tests.conftest import make_config, render_options
 from tests.fleet import (
     FIXTURE_TIME,
+    environment_of,
     fixture_snapshot,
     metric_value,
     samples_by_name,
@@ -220,7 +221,7 @@ def test_drift_families_of_the_fixture_fleet_against_a_registry_release() -> Non
         latest="0.33.0",
         published={"0.32.18": 1_790_144_743.5, "0.29.0": 1_782_983_521.0, "9.9.9": 1.0},
     )
-    s = samples_by_name(render_fleet(fixture_snapshot(), make_config(), releases).text)
+    s = samples_by_name(render_fleet(fixture_snapshot(), render_options(), releases).text)
     assert s["letta_environments_latest_version_info"] == [
         ({"version": "0.33.0", "source": "registry"}, 1.0)
     ]
@@ -250,7 +251,9 @@ def test_drift_families_of_the_fixture_fleet_against_a_registry_release() -> Non
 def test_a_pinned_target_wins() -> None:
     s = samples_by_name(
         render_fleet(
-            fixture_snapshot(), make_config(version_target="0.32.17"), ReleaseInfo(latest="0.40.0")
+            fixture_snapshot(),
+            render_options(version_target="0.32.17"),
+            ReleaseInfo(latest="0.40.0"),
         ).text
     )
     assert s["letta_environments_latest_version_info"] == [
@@ -260,9 +263,9 @@ def test_a_pinned_target_wins() -> None:
     assert gaps == {("offline", "minor"): 1}  # only e (0.29.0) is older than 0.32.17
 
 
-def _connection(metadata: dict[str, Any] | None) -> Connection:
-    row = upstream_row(connectionId="c", metadata=metadata)
-    return Connection.model_validate_json(json.dumps(row))
+def not_upgradable_reason(metadata: dict[str, Any] | None) -> str | None:
+    e = environment_of(upstream_row(connectionId="c", metadata=metadata))
+    return upgrade_blocker(e.self_update, e.supported_commands)
 
 
 @pytest.mark.parametrize(
@@ -361,7 +364,7 @@ def _connection(metadata: dict[str, Any] | None) -> Connection:
 def test_not_upgradable_reasons_are_a_bounded_set(
     metadata: dict[str, Any] | None, reason: str | None
 ) -> None:
-    assert not_upgradable_reason(_connection(metadata)) == reason
+    assert not_upgradable_reason(metadata) == reason
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.families import render_fleet
 from exporter.poller import FleetState, GzipPrefix, PublishedFleet
+from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
-from tests.conftest import make_config
+from tests.conftest import render_options
 from tests.fleet import fixture_snapshot
 
 
@@ -48,7 +48,7 @@ def served() -> Iterator[tuple[str, FleetState, Clock]]:
 
 
 def _publish(state: FleetState, at: float) -> bytes:
-    text = render_fleet(fixture_snapshot(), make_config()).text
+    text = render_fleet(fixture_snapshot(), render_options()).text
     state.publish(
         PublishedFleet(
             plain=text,

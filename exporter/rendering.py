@@ -1,290 +1,69 @@
-"""Metric families of the fleet: pure functions of a snapshot, rendered once per poll.
+"""Rendering: a snapshot, the fleet's rules and a few options in, exposition bytes out, once a poll.
 
-Nothing here does I/O or reads a clock: every age is measured against the time the row's page
-arrived, so the same snapshot always renders the same bytes.
+Pure: no I/O, no clock, no configuration object; the same snapshot always renders the same bytes.
+Each family builder's docstring shows the `# HELP`/`# TYPE` lines it emits.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import Any
 
-import semver
-
-from exporter.config import Config
 from exporter.exposition import clean, family, format_value, label_value, labels
-from exporter.models import Connection, SelfUpdate
-from exporter.releases import ReleaseInfo
-from exporter.snapshot import Environment, FleetSnapshot, MachineFacts, UpdateAbility
-
-STATES = ("online", "stale", "offline")
-BEHIND = ("major", "minor", "patch", "prerelease")
-UPGRADE_COMMAND = "upgrade-letta-code"
-NOT_UPGRADABLE_REASONS = (
-    "desktop_managed",
-    "source_checkout",
-    "python_installer",
-    "not_writable",
-    "unsupported",
-    "no_upgrade_command",
-    "unknown",
+from exporter.fleet import (
+    BEHIND,
+    LONG_LABEL,
+    NOT_UPGRADABLE_REASONS,
+    SHORT_LABEL,
+    STATES,
+    TOP_MODELS,
+    UNKNOWN,
+    CurrentVersion,
+    EnvironmentView,
+    ReleaseInfo,
+    capped,
+    current_version,
+    gaps,
+    label_or_unknown,
+    node_major,
+    top_models,
+    upgrade_blocker,
+    view,
 )
-MODE_ALIASES = {
-    "default": "standard",
-    "bypassPermissions": "unrestricted",
-    "fullAccess": "unrestricted",
-}
-UNKNOWN = "unknown"
-SHORT_LABEL = 64
-LONG_LABEL = 256
+from exporter.snapshot import FleetSnapshot
+
 PATH_LABEL = 1024
+
 CACHED = "Cached from the last successful poll of the Letta API."
 BATCH = 4096  # environments per piece of rendered text: bounds the text alive beside the bytes
-RUNTIMES = ("desktop", "sandbox", "container", "host", UNKNOWN)
 MEMORY_BUCKETS = tuple(float(2**n * 2**30) for n in range(1, 10))  # 2 GiB .. 512 GiB
-TOP_MODELS = 20  # CPU and GPU models named one by one; the rest are counted as `other`
-_OS_VERSION = re.compile(r"\s*v?([0-9]+(?:\.[0-9]+)?)")
-
-
-class Host(NamedTuple):
-    """The machine labels of an environment: runtime, arch, os_name, os_version."""
-
-    runtime: str
-    arch: str
-    os_name: str
-    os_version: str
-
-
-_UNKNOWN_HOST = {
-    kind: Host(kind, UNKNOWN, UNKNOWN, UNKNOWN) for kind in ("desktop", "sandbox", UNKNOWN)
-}
-
-
-class EnvironmentView(NamedTuple):
-    """One environment as the metrics see it: state and normalised labels."""
-
-    environment: Environment
-    observed_at: float
-    state: str
-    os: str
-    mode: str
-    version: str
-    host: Host
-
-    @property
-    def connected(self) -> bool:
-        return self.state != "offline"
-
-    @property
-    def heartbeat_age(self) -> float | None:
-        """Seconds between the last heartbeat and the fetch; never negative (clock skew)."""
-        if self.environment.last_heartbeat is None:
-            return None
-        return max(0.0, self.observed_at - self.environment.last_heartbeat / 1000)
 
 
 @dataclass(frozen=True, slots=True)
-class FleetExposition:
+class RenderOptions:
+    """The settings rendering reads: when a heartbeat is too old to be online, the histogram's
+    bounds, the pinned version, and whether and how many per-environment series to serve."""
+
+    online_threshold: float
+    heartbeat_buckets: tuple[float, ...]
+    version_target: str | None
+    per_environment: bool
+    environment_max: int
+    extra_labels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedFleet:
     """The rendered fleet families and what rendering them found."""
 
     text: bytes
     environments: int
     dropped_environments: int
-
-
-def normalise_mode(mode: str | None) -> str:
-    if not mode:
-        return UNKNOWN
-    return MODE_ALIASES.get(mode, clean(mode, SHORT_LABEL))
-
-
-def _label_or_unknown(value: str | None) -> str:
-    return clean(value, SHORT_LABEL) if value else UNKNOWN
-
-
-@lru_cache(maxsize=4096)
-def parse_version(text: str) -> semver.Version | None:
-    """A Letta Code version such as `0.32.18` or `0.32.18-next.1`; None when not semver."""
-    try:
-        return semver.Version.parse(text.strip().removeprefix("v"))
-    except (ValueError, TypeError):
-        return None
-
-
-def classify(
-    connection: Connection | Environment, observed_at: float, online_threshold: float
-) -> str:
-    """`online`, `stale` or `offline`, as of the time the row was fetched."""
-    if not connection.connection_id:
-        return "offline"
-    if connection.last_heartbeat is None:
-        return "stale"
-    age = observed_at - connection.last_heartbeat / 1000
-    return "online" if age < online_threshold else "stale"
-
-
-def device_kind(device_id: str) -> str:
-    """`desktop` for Letta Code Desktop, `sandbox` for a Letta Cloud sandbox, else `unknown`."""
-    if device_id.startswith("desktop:"):
-        return "desktop"
-    if device_id.startswith("sandbox-"):
-        return "sandbox"
-    return UNKNOWN
-
-
-def os_version_label(version: str | None) -> str:
-    """The first two numeric parts: `15.1.1` -> `15.1`, `10.0.22631` -> `10.0`, `12`."""
-    match = _OS_VERSION.match(version) if version else None
-    return clean(match.group(1), SHORT_LABEL) if match else UNKNOWN
-
-
-def host_labels(kind: str, machine: MachineFacts | None) -> Host:
-    """Where an environment runs: its `device_kind` first, then what `machine` says."""
-    if machine is None:
-        return _UNKNOWN_HOST[kind]
-    if kind == UNKNOWN:
-        kind = "container" if machine.model == "Container" else "host"
-    return Host(
-        kind,
-        _label_or_unknown(machine.architecture),
-        _label_or_unknown(machine.os_name),
-        os_version_label(machine.os_version),
-    )
-
-
-def view(snapshot: FleetSnapshot, online_threshold: float) -> list[EnvironmentView]:
-    # Labels repeat across the fleet: normalise each distinct upstream value once.
-    plain: dict[str | None, str] = {}
-    modes: dict[str | None, str] = {}
-    # Rows share equal machine facts (see SnapshotBuilder): key the labels by that object.
-    hosts: dict[tuple[str, int], Host] = {}
-    views = []
-    for environment, observed_at in snapshot.observations():
-        os_name = environment.os
-        os_label = plain.get(os_name)
-        if os_label is None:
-            os_label = plain[os_name] = _label_or_unknown(os_name)
-        version = environment.letta_code_version
-        version_label = plain.get(version)
-        if version_label is None:
-            version_label = plain[version] = _label_or_unknown(version)
-        mode = environment.current_mode
-        mode_label = modes.get(mode)
-        if mode_label is None:
-            mode_label = modes[mode] = normalise_mode(mode)
-        machine = environment.machine
-        host_key = (device_kind(environment.device_id), id(machine))
-        host = hosts.get(host_key)
-        if host is None:
-            host = hosts[host_key] = host_labels(host_key[0], machine)
-        views.append(
-            EnvironmentView(
-                environment,
-                observed_at,
-                classify(environment, observed_at, online_threshold),
-                os_label,
-                mode_label,
-                version_label,
-                host,
-            )
-        )
-    return views
-
-
-def latest_version(views: Iterable[EnvironmentView]) -> str | None:
-    """The newest non-prerelease version seen in the fleet, as written upstream."""
-    best: tuple[semver.Version, str] | None = None
-    for version in {v.version for v in views}:
-        parsed = parse_version(version)
-        if parsed is None or parsed.prerelease:
-            continue
-        if best is None or parsed > best[0]:
-            best = (parsed, version)
-    return best[1] if best else None
-
-
-@dataclass(frozen=True, slots=True)
-class CurrentVersion:
-    """The version counted as current and where it came from: pinned, registry or observed."""
-
-    version: str
-    parsed: semver.Version
-    source: str
-
-
-def current_version(
-    views: list[EnvironmentView], pinned: str | None, releases: ReleaseInfo | None
-) -> CurrentVersion | None:
-    """Precedence: the operator's pin, then the registry's `latest`, then the fleet's newest."""
-    for version, source in (
-        (pinned, "pinned"),
-        (releases.latest if releases else None, "registry"),
-        (latest_version(views), "observed"),
-    ):
-        parsed = parse_version(version) if version else None
-        if version and parsed is not None:
-            return CurrentVersion(version=version, parsed=parsed, source=source)
-    return None
-
-
-def behind(version: str, current: CurrentVersion | None) -> str | None:
-    """How far ``version`` is behind the current one: major, minor, patch, prerelease or None."""
-    parsed = parse_version(version)
-    if current is None or parsed is None or parsed >= current.parsed:
-        return None
-    target = current.parsed
-    if parsed.major != target.major:
-        return "major"
-    if parsed.minor != target.minor:
-        return "minor"
-    if parsed.patch != target.patch:
-        return "patch"
-    return "prerelease"
-
-
-def not_upgradable_reason(connection: Connection) -> str | None:
-    """Why Letta Code cannot upgrade itself here (a bounded set), or None when it can."""
-    metadata = connection.metadata
-    if metadata is None:
-        return "unknown"
-    return upgrade_blocker(metadata.self_update, metadata.supported_commands)
-
-
-def upgrade_blocker(
-    update: SelfUpdate | UpdateAbility | None, commands: tuple[str, ...] | None
-) -> str | None:
-    """`not_upgradable_reason` from the two facts it depends on."""
-    if update is None:
-        return "unknown"
-    if update.supported:
-        if not update.writable:  # the reason names the install path: its words say nothing
-            return "not_writable"
-        return None if commands and UPGRADE_COMMAND in commands else "no_upgrade_command"
-    text = (update.reason or "").lower()
-    if "python" in text:  # "... managed by a Python package installer." (PyPI `letta`)
-        return "python_installer"
-    if "desktop" in text:
-        return "desktop_managed"
-    if "source" in text or "checkout" in text or "git" in text:
-        return "source_checkout"
-    if not update.writable or "writ" in text or "permission" in text:
-        return "not_writable"
-    return "unsupported"
-
-
-def node_major(node_version: str | None) -> str:
-    """`22` from `v22.11.0`; `unknown` when absent or odd."""
-    if not node_version:
-        return UNKNOWN
-    head = node_version.strip().removeprefix("v").split(".", 1)[0]
-    return head if head.isdigit() and len(head) <= 4 else UNKNOWN
 
 
 def environments_family(views: list[EnvironmentView]) -> str:
@@ -318,11 +97,6 @@ def latest_version_family(current: CurrentVersion | None) -> str:
         f"registry (npm latest) or observed (newest release in the fleet). {CACHED}",
         samples,
     )
-
-
-def gaps(views: list[EnvironmentView], current: CurrentVersion | None) -> dict[str, str | None]:
-    """`behind` of each distinct version in the fleet: semver compares once a version, not a row."""
-    return {version: behind(version, current) for version in {v.version for v in views}}
 
 
 def outdated_family(views: list[EnvironmentView], gap_of: dict[str, str | None]) -> str:
@@ -462,14 +236,6 @@ def memory_family(views: list[EnvironmentView]) -> str:
     )
 
 
-def top_models(counts: Counter[str], limit: int = TOP_MODELS) -> list[tuple[str, int]]:
-    """The ``limit`` most common names by count (then name), the rest summed as `other`."""
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    kept = sorted(ranked[:limit])
-    rest = sum(n for _, n in ranked[limit:])
-    return [*kept, ("other", rest)] if rest else kept
-
-
 def hardware_families(views: list[EnvironmentView]) -> str:
     """Connected environments by CPU model and by GPU model, at most `TOP_MODELS` of each.
 
@@ -484,13 +250,13 @@ def hardware_families(views: list[EnvironmentView]) -> str:
     cpus: Counter[str] = Counter()
     gpus: Counter[str] = Counter()
     for machine, n in by_machine.items():
-        cpus[_label_or_unknown(machine.cpu)] += n
+        cpus[label_or_unknown(machine.cpu)] += n
         if machine.gpus is None:
             gpus[UNKNOWN] += n
         elif not machine.gpus:
             gpus["none"] += n
         else:
-            for name in {_label_or_unknown(gpu) for gpu in machine.gpus}:
+            for name in {label_or_unknown(gpu) for gpu in machine.gpus}:
                 gpus[name] += n
     return family(
         "letta_environments_cpu",
@@ -577,27 +343,6 @@ _TIMESTAMP_FAMILIES = (
 )
 
 
-def capped(views: list[EnvironmentView], limit: int) -> list[EnvironmentView]:
-    """At most ``limit`` environments, in `id` order: connected ones first, then by `id`.
-
-    Ids that become the same label value once bounded (past 256 characters, lone surrogates)
-    keep the first environment's series only: Prometheus refuses duplicate series.
-    """
-    if any(len(v.environment.id) > LONG_LABEL or not v.environment.id.isascii() for v in views):
-        seen: set[str] = set()
-        unique = []
-        for v in views:
-            bounded = clean(v.environment.id, LONG_LABEL)
-            if bounded not in seen:
-                seen.add(bounded)
-                unique.append(v)
-        views = unique
-    if len(views) > limit:
-        # Connected environments matter most to an on-call person; the rest fill the cap by id.
-        views = sorted(views, key=lambda v: (v.state == "offline", v.environment.id))[:limit]
-    return sorted(views, key=lambda v: v.environment.id)
-
-
 def environment_families(
     kept: list[EnvironmentView], extra_labels: tuple[str, ...]
 ) -> Iterator[str]:
@@ -668,10 +413,10 @@ def environment_families(
                     else:
                         lines.append(f"{metric}{selector}{format_value(seconds)}\n")
             yield "".join(lines)
-    release(selectors)
+    free_in_batches(selectors)
 
 
-def release(items: list[Any]) -> None:
+def free_in_batches(items: list[Any]) -> None:
     """Empty a large list a batch at a time: freeing 100,000 rows in one statement holds the
     GIL for milliseconds on end, and a scrape waits for it."""
     while items:
@@ -685,7 +430,7 @@ def _info_tail(v: EnvironmentView, with_directory: bool, with_branch: bool) -> s
         ("os", v.os),
         ("mode", v.mode),
         ("version", v.version),
-        ("node_version", _label_or_unknown(e.node_version)),
+        ("node_version", label_or_unknown(e.node_version)),
         ("user_id", clean(e.user_id or "", LONG_LABEL)),
         ("runtime", v.host.runtime),
         ("arch", v.host.arch),
@@ -700,11 +445,11 @@ def _info_tail(v: EnvironmentView, with_directory: bool, with_branch: bool) -> s
 
 
 def render_fleet(
-    snapshot: FleetSnapshot, config: Config, releases: ReleaseInfo | None = None
-) -> FleetExposition:
+    snapshot: FleetSnapshot, options: RenderOptions, releases: ReleaseInfo | None = None
+) -> RenderedFleet:
     """All fleet families of one snapshot (and the registry's answer) as exposition text."""
-    views = view(snapshot, config.online_threshold)
-    current = current_version(views, config.version_target, releases)
+    views = view(snapshot, options.online_threshold)
+    current = current_version(views, options.version_target, releases)
     gap_of = gaps(views, current)
     aggregates = [
         environments_family(views),
@@ -712,7 +457,7 @@ def render_fleet(
         outdated_family(views, gap_of),
         upgrade_families(views, gap_of),
         self_update_family(views),
-        heartbeat_age_family(views, config.heartbeat_buckets),
+        heartbeat_age_family(views, options.heartbeat_buckets),
         node_major_family(views),
         release_timestamp_family(views, releases),
         machine_family(views),
@@ -723,14 +468,14 @@ def render_fleet(
     out = io.BytesIO()
     out.write("".join(aggregates).encode("utf-8"))
     dropped = 0
-    if config.collector_environment:
-        kept = capped(views, config.environment_max)
+    if options.per_environment:
+        kept = capped(views, options.environment_max)
         dropped = len(views) - len(kept)
-        for text in environment_families(kept, config.environment_extra_labels):
+        for text in environment_families(kept, options.extra_labels):
             out.write(text.encode("utf-8"))
-        release(kept)
+        free_in_batches(kept)
     environments = len(views)
-    release(views)
-    return FleetExposition(
+    free_in_batches(views)
+    return RenderedFleet(
         text=out.getvalue(), environments=environments, dropped_environments=dropped
     )
