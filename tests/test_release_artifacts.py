@@ -60,7 +60,15 @@ def run_installed(
 
 def test_twine_check_passes_on_the_wheel_and_the_sdist(release: Release) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "twine", "check", "--strict", str(release.wheel), str(release.sdist)],
+        [
+            sys.executable,
+            "-m",
+            "twine",
+            "check",
+            "--strict",
+            str(release.wheel),
+            str(release.sdist),
+        ],
         capture_output=True,
         text=True,
         check=False,
