@@ -1,0 +1,295 @@
+"""The systemd unit, checked by systemd's own tools and run the way systemd runs it.
+
+No systemd runs as PID 1 in CI, so `systemd-analyze` judges the unit offline, and the test runs
+the unit's ExecStart= line itself: the virtualenv path under a stand-in root holding a real
+install of the wheel, `${CREDENTIALS_DIRECTORY}` a private directory with the key file as
+LoadCredential= leaves it, the /etc config file a temporary one, against the simulator.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import yaml
+
+from exporter.simulator import SimulatorHTTPServer
+from tests.conftest import API_KEY, ROOT, free_port, require_tool, stop_process, wait_until
+from tests.release import UNIT_VENV, Release
+
+UNIT = ROOT / "deploy" / "systemd" / "letta-environments-exporter.service"
+EXAMPLE_CONFIG = ROOT / "deploy" / "systemd" / "config.yml"
+MAX_EXPOSURE = 1.5
+# The environment systemd gives a service: its default PATH, no variables of the caller.
+SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+
+
+def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Each section's settings in order, continuation lines joined, comments dropped."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    logical = ""
+    for line in text.splitlines():
+        if not logical and (not line.strip() or line.lstrip().startswith(("#", ";"))):
+            continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        logical, line = "", logical + line
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), [])
+            continue
+        key, _, value = line.partition("=")
+        current.append((key.strip(), " ".join(value.split())))
+    return sections
+
+
+SERVICE = parse_unit(UNIT.read_text()).get("Service", [])
+
+
+def setting(key: str) -> list[str]:
+    return [value for k, value in SERVICE if k == key]
+
+
+def one(key: str) -> str:
+    values = setting(key)
+    assert len(values) == 1, f"expected one {key}= in the unit, found {values}"
+    return values[0]
+
+
+def exec_start() -> list[str]:
+    return shlex.split(one("ExecStart"))
+
+
+def flag(argv: list[str], name: str) -> str:
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{name}=")]
+    assert len(values) == 1, f"expected one {name}= in ExecStart, found {values}"
+    return values[0]
+
+
+def credential() -> tuple[str, str]:
+    """The one LoadCredential= of the unit: its name and the host file it copies."""
+    name, _, source = one("LoadCredential").partition(":")
+    return name, source
+
+
+def systemd_analyze() -> str:
+    return require_tool("systemd-analyze")
+
+
+def exposure(unit: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """`systemd-analyze security --offline=true`'s overall exposure, failing above the limit."""
+    result = subprocess.run(
+        [
+            systemd_analyze(),
+            "security",
+            "--offline=true",
+            f"--threshold={round(MAX_EXPOSURE * 10)}",  # the tool's 0-100 scale
+            "--no-pager",
+            str(unit),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) ", result.stdout)
+    assert found, f"no overall exposure in:\n{result.stdout}\n{result.stderr}"
+    return float(found.group(1)), result
+
+
+def installed_copy(release: Release, directory: Path, text: str | None = None) -> Path:
+    """The unit with its ExecStart= binary moved under the stand-in root of the real install."""
+    binary = exec_start()[0]
+    assert binary.startswith(UNIT_VENV + "/"), binary
+    rewritten = (text or UNIT.read_text()).replace(
+        f"ExecStart={binary} ", f"ExecStart={release.root}{binary} ", 1
+    )
+    assert rewritten != (text or UNIT.read_text()), "the ExecStart= binary was not rewritten"
+    copy = directory / UNIT.name
+    copy.write_text(rewritten)
+    return copy
+
+
+def verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [systemd_analyze(), "verify", "--man=no", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+# -- systemd-analyze ---------------------------------------------------------------------------
+
+
+def test_systemd_analyze_verify_passes_with_the_binary_installed(
+    release: Release, tmp_path: Path
+) -> None:
+    result = verify(installed_copy(release, tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == "", "verify warned:\n" + result.stderr
+
+
+def test_systemd_analyze_verify_fails_a_broken_unit(release: Release, tmp_path: Path) -> None:
+    """A control: the same check does catch a missing binary, a bad value and a typo."""
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    (missing / UNIT.name).write_text(UNIT.read_text())
+    result = verify(missing / UNIT.name)
+    assert result.returncode != 0
+    assert "is not executable" in result.stderr
+    broken = UNIT.read_text().replace("Restart=on-failure", "Restart=sometimes\nProtectSytem=yes")
+    result = verify(installed_copy(release, tmp_path, broken))
+    assert "Failed to parse service restart specifier" in result.stderr
+    assert "Unknown key 'ProtectSytem'" in result.stderr
+
+
+def test_exposure_is_at_most_the_limit() -> None:
+    level, result = exposure(UNIT)
+    assert level <= MAX_EXPOSURE, result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f": {level} OK" in result.stdout or f": {level} SAFE" in result.stdout
+
+
+def test_exposure_check_fails_an_unhardened_unit(tmp_path: Path) -> None:
+    """A control: the unit with its hardening stripped is judged far above the limit."""
+    plain = tmp_path / UNIT.name
+    plain.write_text(f"[Service]\nExecStart={one('ExecStart')}\n")
+    level, result = exposure(plain)
+    assert level > MAX_EXPOSURE
+    assert result.returncode != 0
+
+
+# -- what the unit says ------------------------------------------------------------------------
+
+
+def test_the_unit_runs_a_dynamic_user_and_restarts_on_failure_but_not_on_bad_config() -> None:
+    assert one("DynamicUser") == "yes"
+    assert one("Restart") == "on-failure"
+    assert one("RestartPreventExitStatus") == "2"  # what the exporter exits with on bad config
+    assert one("CapabilityBoundingSet") == ""
+
+
+def test_the_key_arrives_as_a_credential_and_never_in_the_environment() -> None:
+    name, source = credential()
+    assert flag(exec_start(), "--letta.api-key-file") == f"${{CREDENTIALS_DIRECTORY}}/{name}"
+    assert source.startswith("/etc/"), source
+    assert not setting("Environment") and not setting("EnvironmentFile")
+    assert "LETTA_API_KEY" not in UNIT.read_text()
+
+
+def test_the_flags_come_from_a_config_file_in_etc() -> None:
+    argv = exec_start()
+    assert flag(argv, "--config.file").startswith("/etc/")
+    assert [arg.split("=", 1)[0] for arg in argv[1:]] == ["--config.file", "--letta.api-key-file"]
+
+
+def test_what_the_exporter_needs_stays_allowed() -> None:
+    """Outbound HTTPS and one listening socket, /proc/stat for the process metrics, its venv."""
+    assert setting("PrivateNetwork") in ([], ["no"])
+    assert not setting("IPAddressDeny")
+    families = one("RestrictAddressFamilies").split()
+    assert {"AF_INET", "AF_INET6"} <= set(families), families
+    assert setting("ProcSubset") in ([], ["all"])
+    assert one("ProtectHome") == "yes"
+    assert not exec_start()[0].startswith(("/home/", "/root/")), "ProtectHome= would hide it"
+
+
+# -- the ExecStart= line, run ------------------------------------------------------------------
+
+
+@contextmanager
+def credentials_directory(parent: Path) -> Iterator[Path]:
+    """The key as LoadCredential= leaves it: a private directory, a file readable by one user."""
+    directory = parent / "credentials"
+    directory.mkdir()
+    name, _ = credential()
+    key = directory / name
+    key.write_text(API_KEY + "\n")
+    key.chmod(0o400)
+    directory.chmod(0o500)
+    try:
+        yield directory
+    finally:
+        directory.chmod(0o700)
+
+
+def unit_argv(release: Release, credentials: Path, config: Path) -> list[str]:
+    argv = exec_start()
+    binary, args = argv[0], argv[1:]
+    config_flag = f"--config.file={flag(argv, '--config.file')}"
+    args = [f"--config.file={config}" if arg == config_flag else arg for arg in args]
+    args = [arg.replace("${CREDENTIALS_DIRECTORY}", str(credentials)) for arg in args]
+    assert not [arg for arg in args if "$" in arg], f"unexpanded variables left: {args}"
+    return [f"{release.root}{binary}", *args]
+
+
+def systemd_environment(credentials: Path) -> dict[str, str]:
+    return {"PATH": SYSTEMD_PATH, "LANG": "C.UTF-8", "CREDENTIALS_DIRECTORY": str(credentials)}
+
+
+def test_the_units_command_line_serves_the_fleet(
+    release: Release, simulator: SimulatorHTTPServer, tmp_path: Path
+) -> None:
+    """The shipped config file with the simulator's addresses, the key only in the credential."""
+    port = free_port()
+    document = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    document["letta"]["base-url"] = simulator.url
+    document["web.listen-address"] = f"127.0.0.1:{port}"
+    document["version.registry-url"] = f"{simulator.url}/_registry"
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump(document))
+    log_path = tmp_path / "journal.log"
+    with credentials_directory(tmp_path) as credentials, open(log_path, "wb") as journal:
+        process = subprocess.Popen(
+            unit_argv(release, credentials, config),
+            env=systemd_environment(credentials),
+            cwd="/",
+            stdout=journal,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            body = wait_until(
+                lambda: _fleet_metrics(f"http://127.0.0.1:{port}/metrics"),
+                30,
+                f"fleet metrics from the unit's command line (log: {log_path})",
+            )
+        finally:
+            stop_process(process)
+    log = log_path.read_text()
+    assert process.returncode == 0, f"exit {process.returncode} on SIGTERM:\n{log}"
+    assert "letta_exporter_up 1.0" in body
+    assert 'letta_exporter_release_lookups_total{result="success"} 1.0' in body
+    assert API_KEY not in log
+
+
+def _fleet_metrics(url: str) -> str | None:
+    response = httpx.get(url, timeout=2)
+    lines = response.text.splitlines()
+    fleet = [line for line in lines if line.startswith("letta_environments{")]
+    if response.status_code != 200 or not fleet:
+        return None
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in fleet) == 60, fleet
+    return response.text
+
+
+def test_a_missing_config_file_exits_2_so_systemd_does_not_restart(
+    release: Release, tmp_path: Path
+) -> None:
+    with credentials_directory(tmp_path) as credentials:
+        result = subprocess.run(
+            unit_argv(release, credentials, tmp_path / "absent.yml"),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            env=systemd_environment(credentials),
+        )
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "--config.file" in result.stderr
