@@ -8,11 +8,14 @@ LoadCredential= leaves it, the /etc config file a temporary one, against the sim
 
 from __future__ import annotations
 
+import ctypes
 import re
 import shlex
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,6 +27,7 @@ from tests.release import UNIT_VENV, Release
 
 UNIT = ROOT / "deploy" / "systemd" / "letta-environments-exporter.service"
 EXAMPLE_CONFIG = ROOT / "deploy" / "systemd" / "config.yml"
+README = " ".join((ROOT / "README.md").read_text().split())
 MAX_EXPOSURE = 1.5
 # The environment systemd gives a service: its default PATH, no variables of the caller.
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
@@ -154,6 +158,7 @@ def test_exposure_is_at_most_the_limit() -> None:
     assert level <= MAX_EXPOSURE, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
     assert f": {level} OK" in result.stdout or f": {level} SAFE" in result.stdout
+    assert f"`systemd-analyze security` rates it {level}" in README, "README states the figure"
 
 
 def test_exposure_check_fails_an_unhardened_unit(tmp_path: Path) -> None:
@@ -233,49 +238,144 @@ def systemd_environment(credentials: Path) -> dict[str, str]:
     return {"PATH": SYSTEMD_PATH, "LANG": "C.UTF-8", "CREDENTIALS_DIRECTORY": str(credentials)}
 
 
-def test_the_units_command_line_serves_the_fleet(
-    release: Release, simulator: SimulatorHTTPServer, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class UnitRun:
+    """The unit's command line, running; `journal` is its stdout and stderr."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    journal: Path
+
+
+@contextmanager
+def running_unit(
+    release: Release, simulator: SimulatorHTTPServer, work: Path, wrapper: tuple[str, ...] = ()
+) -> Iterator[UnitRun]:
     """The shipped config file with the simulator's addresses, the key only in the credential."""
     port = free_port()
     document = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     document["letta"]["base-url"] = simulator.url
     document["web.listen-address"] = f"127.0.0.1:{port}"
     document["version.registry-url"] = f"{simulator.url}/_registry"
-    config = tmp_path / "config.yml"
+    config = work / "config.yml"
     config.write_text(yaml.safe_dump(document))
-    log_path = tmp_path / "journal.log"
-    with credentials_directory(tmp_path) as credentials, open(log_path, "wb") as journal:
+    journal_path = work / "journal.log"
+    with credentials_directory(work) as credentials, open(journal_path, "wb") as journal:
         process = subprocess.Popen(
-            unit_argv(release, credentials, config),
+            [*wrapper, *unit_argv(release, credentials, config)],
             env=systemd_environment(credentials),
             cwd="/",
             stdout=journal,
             stderr=subprocess.STDOUT,
         )
         try:
-            body = wait_until(
-                lambda: _fleet_metrics(f"http://127.0.0.1:{port}/metrics"),
-                30,
-                f"fleet metrics from the unit's command line (log: {log_path})",
-            )
+            yield UnitRun(process, f"http://127.0.0.1:{port}", journal_path)
         finally:
-            stop_process(process)
-    log = log_path.read_text()
-    assert process.returncode == 0, f"exit {process.returncode} on SIGTERM:\n{log}"
-    assert "letta_exporter_up 1.0" in body
-    assert 'letta_exporter_release_lookups_total{result="success"} 1.0' in body
-    assert API_KEY not in log
+            if wrapper:
+                _terminate_traced(process.pid)
+            else:
+                process.terminate()  # SIGTERM, as systemd stops a service
+            try:
+                process.wait(timeout=15)
+            finally:
+                stop_process(process)
+
+
+def _terminate_traced(tracer: int) -> None:
+    """SIGTERM to the main thread of the tracer's child, where an untraced exporter gets it.
+
+    Signalling the tracer would only detach it; and a signal to a traced process may land on any
+    of its threads, where the main thread, waiting in signal.pause(), would never see it.
+    """
+    children = Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split()
+    libc = ctypes.CDLL(None, use_errno=True)
+    for pid in map(int, children):
+        libc.tgkill(pid, pid, signal.SIGTERM)
+
+
+def wait_for_fleet(run: UnitRun) -> str:
+    return str(
+        wait_until(
+            lambda: _fleet_metrics(run.url + "/metrics"),
+            60,
+            f"fleet metrics from the unit's command line (journal: {run.journal})",
+        )
+    )
 
 
 def _fleet_metrics(url: str) -> str | None:
-    response = httpx.get(url, timeout=2)
+    response = httpx.get(url, timeout=5)
     lines = response.text.splitlines()
     fleet = [line for line in lines if line.startswith("letta_environments{")]
     if response.status_code != 200 or not fleet:
         return None
     assert sum(float(line.rsplit(" ", 1)[1]) for line in fleet) == 60, fleet
     return response.text
+
+
+def test_the_units_command_line_serves_the_fleet(
+    release: Release, simulator: SimulatorHTTPServer, tmp_path: Path
+) -> None:
+    with running_unit(release, simulator, tmp_path) as run:
+        body = wait_for_fleet(run)
+    journal = run.journal.read_text()
+    assert run.process.returncode == 0, f"exit {run.process.returncode} on SIGTERM:\n{journal}"
+    assert "letta_exporter_up 1.0" in body
+    assert 'letta_exporter_release_lookups_total{result="success"} 1.0' in body
+    assert "process_start_time_seconds" in body, "ProcSubset=pid would take these away"
+    assert API_KEY not in journal
+
+
+def syscall_group(name: str) -> set[str]:
+    """The system calls of a systemd group such as @system-service, nested groups expanded."""
+    result = subprocess.run(
+        [systemd_analyze(), "syscall-filter", "--no-pager", name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    calls: set[str] = set()
+    for line in result.stdout.splitlines()[1:]:
+        word = line.strip()
+        if word.startswith("@"):
+            calls |= syscall_group(word)
+        elif word and not word.startswith("#"):
+            calls.add(word)
+    return calls
+
+
+def allowed_syscalls() -> set[str]:
+    """What the unit's SystemCallFilter= lines leave: the first allows, `~` lines then deny."""
+    allowed: set[str] = set()
+    for value in setting("SystemCallFilter"):
+        deny = value.startswith("~")
+        names = value.removeprefix("~").split()
+        calls = set().union(*(syscall_group(n) if n.startswith("@") else {n} for n in names))
+        allowed = allowed - calls if deny else allowed | calls
+    return allowed
+
+
+def test_the_sandbox_allows_every_system_call_and_socket_the_exporter_makes(
+    release: Release, simulator: SimulatorHTTPServer, tmp_path: Path
+) -> None:
+    """strace of a start, a poll, plain and gzip scrapes and a SIGTERM, against the filters."""
+    trace = tmp_path / "strace.log"
+    wrapper = (require_tool("strace"), "-f", "-qq", "-o", str(trace))
+    with running_unit(release, simulator, tmp_path, wrapper) as run:
+        wait_for_fleet(run)
+        gzip = httpx.get(run.url + "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
+        assert gzip.headers.get("content-encoding") == "gzip"
+    assert run.process.returncode == 0, run.journal.read_text()
+    text = trace.read_text()
+    made = set(re.findall(r"^\d+ +(?:<\.\.\. )?([a-z0-9_]+)[( ]", text, re.MULTILINE))
+    assert {"execve", "socket", "bind", "accept4", "connect"} <= made, sorted(made)
+    denied = sorted(made - allowed_syscalls())
+    assert not denied, f"SystemCallFilter= would refuse {denied} (EPERM)"
+    families = set(re.findall(r"\bsocket\((AF_[A-Z0-9]+)", text))
+    assert families <= set(one("RestrictAddressFamilies").split()), families
+    assert not re.search(r"PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE", text), (
+        "MemoryDenyWriteExecute= would refuse a writable and executable mapping"
+    )
 
 
 def test_a_missing_config_file_exits_2_so_systemd_does_not_restart(
