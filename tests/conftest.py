@@ -22,7 +22,7 @@ from exporter.config import Config, Secret
 from exporter.simulator import SimulatorHTTPServer, start_simulator
 
 if TYPE_CHECKING:
-    from tests.release import Release
+    from tests.artifacts import Artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
@@ -132,8 +132,8 @@ def exporter_process(
 
 
 @pytest.fixture(scope="session")
-def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     """The wheel and sdist `python -m build` makes, the wheel installed in a fresh virtualenv."""
-    from tests.release import build_release
+    from tests.artifacts import build_artifacts
 
-    return build_release(tmp_path_factory.mktemp("release"))
+    return build_artifacts(tmp_path_factory.mktemp("artifacts"))

@@ -22,8 +22,8 @@ import httpx
 import yaml
 
 from exporter.simulator import SimulatorHTTPServer
+from tests.artifacts import UNIT_VENV, Artifacts
 from tests.conftest import API_KEY, ROOT, free_port, require_tool, stop_process, wait_until
-from tests.release import UNIT_VENV, Release
 
 UNIT = ROOT / "deploy" / "systemd" / "letta-environments-exporter.service"
 EXAMPLE_CONFIG = ROOT / "deploy" / "systemd" / "config.yml"
@@ -106,12 +106,12 @@ def exposure(unit: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
     return float(found.group(1)), result
 
 
-def installed_copy(release: Release, directory: Path, text: str | None = None) -> Path:
+def installed_copy(artifacts: Artifacts, directory: Path, text: str | None = None) -> Path:
     """The unit with its ExecStart= binary moved under the stand-in root of the real install."""
     binary = exec_start()[0]
     assert binary.startswith(UNIT_VENV + "/"), binary
     rewritten = (text or UNIT.read_text()).replace(
-        f"ExecStart={binary} ", f"ExecStart={release.root}{binary} ", 1
+        f"ExecStart={binary} ", f"ExecStart={artifacts.root}{binary} ", 1
     )
     assert rewritten != (text or UNIT.read_text()), "the ExecStart= binary was not rewritten"
     copy = directory / UNIT.name
@@ -132,14 +132,14 @@ def verify(unit: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_systemd_analyze_verify_passes_with_the_binary_installed(
-    release: Release, tmp_path: Path
+    artifacts: Artifacts, tmp_path: Path
 ) -> None:
-    result = verify(installed_copy(release, tmp_path))
+    result = verify(installed_copy(artifacts, tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == "", "verify warned:\n" + result.stderr
 
 
-def test_systemd_analyze_verify_fails_a_broken_unit(release: Release, tmp_path: Path) -> None:
+def test_systemd_analyze_verify_fails_a_broken_unit(artifacts: Artifacts, tmp_path: Path) -> None:
     """A control: the same check does catch a missing binary, a bad value and a typo."""
     missing = tmp_path / "missing"
     missing.mkdir()
@@ -148,7 +148,7 @@ def test_systemd_analyze_verify_fails_a_broken_unit(release: Release, tmp_path: 
     assert result.returncode != 0
     assert "is not executable" in result.stderr
     broken = UNIT.read_text().replace("Restart=on-failure", "Restart=sometimes\nProtectSytem=yes")
-    result = verify(installed_copy(release, tmp_path, broken))
+    result = verify(installed_copy(artifacts, tmp_path, broken))
     assert "Failed to parse service restart specifier" in result.stderr
     assert "Unknown key 'ProtectSytem'" in result.stderr
 
@@ -224,14 +224,14 @@ def credentials_directory(parent: Path) -> Iterator[Path]:
         directory.chmod(0o700)
 
 
-def unit_argv(release: Release, credentials: Path, config: Path) -> list[str]:
+def unit_argv(artifacts: Artifacts, credentials: Path, config: Path) -> list[str]:
     argv = exec_start()
     binary, args = argv[0], argv[1:]
     config_flag = f"--config.file={flag(argv, '--config.file')}"
     args = [f"--config.file={config}" if arg == config_flag else arg for arg in args]
     args = [arg.replace("${CREDENTIALS_DIRECTORY}", str(credentials)) for arg in args]
     assert not [arg for arg in args if "$" in arg], f"unexpanded variables left: {args}"
-    return [f"{release.root}{binary}", *args]
+    return [f"{artifacts.root}{binary}", *args]
 
 
 def systemd_environment(credentials: Path) -> dict[str, str]:
@@ -249,7 +249,7 @@ class UnitRun:
 
 @contextmanager
 def running_unit(
-    release: Release, simulator: SimulatorHTTPServer, work: Path, wrapper: tuple[str, ...] = ()
+    artifacts: Artifacts, simulator: SimulatorHTTPServer, work: Path, wrapper: tuple[str, ...] = ()
 ) -> Iterator[UnitRun]:
     """The shipped config file with the simulator's addresses, the key only in the credential."""
     port = free_port()
@@ -262,7 +262,7 @@ def running_unit(
     journal_path = work / "journal.log"
     with credentials_directory(work) as credentials, open(journal_path, "wb") as journal:
         process = subprocess.Popen(
-            [*wrapper, *unit_argv(release, credentials, config)],
+            [*wrapper, *unit_argv(artifacts, credentials, config)],
             env=systemd_environment(credentials),
             cwd="/",
             stdout=journal,
@@ -314,9 +314,9 @@ def _fleet_metrics(url: str) -> str | None:
 
 
 def test_the_units_command_line_serves_the_fleet(
-    release: Release, simulator: SimulatorHTTPServer, tmp_path: Path
+    artifacts: Artifacts, simulator: SimulatorHTTPServer, tmp_path: Path
 ) -> None:
-    with running_unit(release, simulator, tmp_path) as run:
+    with running_unit(artifacts, simulator, tmp_path) as run:
         body = wait_for_fleet(run)
     journal = run.journal.read_text()
     assert run.process.returncode == 0, f"exit {run.process.returncode} on SIGTERM:\n{journal}"
@@ -356,12 +356,12 @@ def allowed_syscalls() -> set[str]:
 
 
 def test_the_sandbox_allows_every_system_call_and_socket_the_exporter_makes(
-    release: Release, simulator: SimulatorHTTPServer, tmp_path: Path
+    artifacts: Artifacts, simulator: SimulatorHTTPServer, tmp_path: Path
 ) -> None:
     """strace of a start, a poll, plain and gzip scrapes and a SIGTERM, against the filters."""
     trace = tmp_path / "strace.log"
     wrapper = (require_tool("strace"), "-f", "-qq", "-o", str(trace))
-    with running_unit(release, simulator, tmp_path, wrapper) as run:
+    with running_unit(artifacts, simulator, tmp_path, wrapper) as run:
         wait_for_fleet(run)
         gzip = httpx.get(run.url + "/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
         assert gzip.headers.get("content-encoding") == "gzip"
@@ -379,11 +379,11 @@ def test_the_sandbox_allows_every_system_call_and_socket_the_exporter_makes(
 
 
 def test_a_missing_config_file_exits_2_so_systemd_does_not_restart(
-    release: Release, tmp_path: Path
+    artifacts: Artifacts, tmp_path: Path
 ) -> None:
     with credentials_directory(tmp_path) as credentials:
         result = subprocess.run(
-            unit_argv(release, credentials, tmp_path / "absent.yml"),
+            unit_argv(artifacts, credentials, tmp_path / "absent.yml"),
             capture_output=True,
             text=True,
             check=False,

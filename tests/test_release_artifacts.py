@@ -15,23 +15,23 @@ from packaging.requirements import Requirement
 
 from exporter import __version__
 from exporter.simulator import SimulatorHTTPServer
+from tests.artifacts import Artifacts, outside_environment, source_files
 from tests.conftest import API_KEY, ROOT
-from tests.release import Release, outside_environment, source_files
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 EXPORTER = "letta-environments-exporter"
 
 
-def sdist_members(release: Release) -> list[str]:
+def sdist_members(artifacts: Artifacts) -> list[str]:
     """The sdist's files, relative to its top directory."""
-    with tarfile.open(release.sdist) as sdist:
+    with tarfile.open(artifacts.sdist) as sdist:
         names = [m.name for m in sdist.getmembers() if m.isfile()]
     return [name.split("/", 1)[1] for name in names]
 
 
-def wheel_members(release: Release) -> list[str]:
-    with zipfile.ZipFile(release.wheel) as wheel:
+def wheel_members(artifacts: Artifacts) -> list[str]:
+    with zipfile.ZipFile(artifacts.wheel) as wheel:
         return wheel.namelist()
 
 
@@ -42,10 +42,10 @@ def wheel_packages() -> set[str]:
 
 
 def run_installed(
-    release: Release, *args: str, cwd: Path, **env: str
+    artifacts: Artifacts, *args: str, cwd: Path, **env: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(release.script(EXPORTER)), *args],
+        [str(artifacts.script(EXPORTER)), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -58,7 +58,7 @@ def run_installed(
 # -- what the build makes ---------------------------------------------------------------------
 
 
-def test_twine_check_passes_on_the_wheel_and_the_sdist(release: Release) -> None:
+def test_twine_check_passes_on_the_wheel_and_the_sdist(artifacts: Artifacts) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -66,8 +66,8 @@ def test_twine_check_passes_on_the_wheel_and_the_sdist(release: Release) -> None
             "twine",
             "check",
             "--strict",
-            str(release.wheel),
-            str(release.sdist),
+            str(artifacts.wheel),
+            str(artifacts.sdist),
         ],
         capture_output=True,
         text=True,
@@ -77,9 +77,9 @@ def test_twine_check_passes_on_the_wheel_and_the_sdist(release: Release) -> None
     assert result.stdout.count("PASSED") == 2, result.stdout
 
 
-def test_the_sdist_holds_every_file_of_the_repository(release: Release) -> None:
+def test_the_sdist_holds_every_file_of_the_repository(artifacts: Artifacts) -> None:
     """What rebuilding the tests, the docs and the bundle needs: all of it."""
-    members = set(sdist_members(release))
+    members = set(sdist_members(artifacts))
     missing = [path for path in source_files() if path not in members]
     assert not missing, f"the sdist lacks files of the repository (see MANIFEST.in): {missing}"
     for expected in ("tests/conftest.py", "docs/metrics.md", "Makefile", "MANIFEST.in"):
@@ -88,9 +88,9 @@ def test_the_sdist_holds_every_file_of_the_repository(release: Release) -> None:
     assert not junk, f"the sdist carries build junk: {junk[:10]}"
 
 
-def test_the_unpacked_sdist_rebuilds_and_tests_itself(release: Release, tmp_path: Path) -> None:
+def test_the_unpacked_sdist_rebuilds_and_tests_itself(artifacts: Artifacts, tmp_path: Path) -> None:
     """Its tests collect, its golden test passes, its dashboards rebuild to its own JSON."""
-    with tarfile.open(release.sdist) as sdist:
+    with tarfile.open(artifacts.sdist) as sdist:
         sdist.extractall(tmp_path, filter="data")
     (tree,) = tmp_path.iterdir()
     steps = [
@@ -111,8 +111,8 @@ def test_the_unpacked_sdist_rebuilds_and_tests_itself(release: Release, tmp_path
     assert Path(results[-1].stdout.strip()).is_relative_to(tree), "the sdist's own package ran"
 
 
-def test_the_wheel_holds_only_the_packages(release: Release) -> None:
-    members = wheel_members(release)
+def test_the_wheel_holds_only_the_packages(artifacts: Artifacts) -> None:
+    members = wheel_members(artifacts)
     dist_info = f"letta_environments_exporter-{VERSION}.dist-info"
     tops = {name.split("/", 1)[0] for name in members}
     assert tops == {*wheel_packages(), dist_info}, sorted(tops)
@@ -123,8 +123,8 @@ def test_the_wheel_holds_only_the_packages(release: Release) -> None:
     assert not [m for m in members if m.endswith(".pyc")]
 
 
-def test_the_wheel_declares_the_projects_metadata(release: Release) -> None:
-    with zipfile.ZipFile(release.wheel) as wheel:
+def test_the_wheel_declares_the_projects_metadata(artifacts: Artifacts) -> None:
+    with zipfile.ZipFile(artifacts.wheel) as wheel:
         metadata = wheel.read(f"letta_environments_exporter-{VERSION}.dist-info/METADATA")
         entry_points = wheel.read(
             f"letta_environments_exporter-{VERSION}.dist-info/entry_points.txt"
@@ -145,11 +145,11 @@ def test_the_wheel_declares_the_projects_metadata(release: Release) -> None:
 # -- one version, everywhere ------------------------------------------------------------------
 
 
-def test_the_version_comes_from_pyproject_alone(release: Release, tmp_path: Path) -> None:
+def test_the_version_comes_from_pyproject_alone(artifacts: Artifacts, tmp_path: Path) -> None:
     assert __version__ == VERSION
-    assert release.wheel.name.startswith(f"letta_environments_exporter-{VERSION}-")
-    assert release.sdist.name == f"letta_environments_exporter-{VERSION}.tar.gz"
-    result = run_installed(release, "--version", cwd=tmp_path)
+    assert artifacts.wheel.name.startswith(f"letta_environments_exporter-{VERSION}-")
+    assert artifacts.sdist.name == f"letta_environments_exporter-{VERSION}.tar.gz"
+    result = run_installed(artifacts, "--version", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [EXPORTER, VERSION]
 
@@ -157,12 +157,12 @@ def test_the_version_comes_from_pyproject_alone(release: Release, tmp_path: Path
 # -- the wheel, installed in a fresh virtualenv -----------------------------------------------
 
 
-def test_the_install_runs_from_its_own_virtualenv(release: Release, tmp_path: Path) -> None:
+def test_the_install_runs_from_its_own_virtualenv(artifacts: Artifacts, tmp_path: Path) -> None:
     """Not from this checkout, not with this virtualenv's packages."""
-    config = (release.venv / "pyvenv.cfg").read_text()
+    config = (artifacts.venv / "pyvenv.cfg").read_text()
     assert "include-system-site-packages = false" in config
     result = subprocess.run(
-        [str(release.venv / "bin" / "python"), "-c", "import exporter; print(exporter.__file__)"],
+        [str(artifacts.venv / "bin" / "python"), "-c", "import exporter; print(exporter.__file__)"],
         capture_output=True,
         text=True,
         check=True,
@@ -170,22 +170,22 @@ def test_the_install_runs_from_its_own_virtualenv(release: Release, tmp_path: Pa
         env=outside_environment(),
     )
     module = Path(result.stdout.strip())
-    assert module.is_relative_to(release.venv), module
+    assert module.is_relative_to(artifacts.venv), module
     assert not module.is_relative_to(ROOT), module
 
 
-def test_help_lists_the_flags(release: Release, tmp_path: Path) -> None:
-    result = run_installed(release, "--help", cwd=tmp_path)
+def test_help_lists_the_flags(artifacts: Artifacts, tmp_path: Path) -> None:
+    result = run_installed(artifacts, "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for flag in ("--config.file", "--letta.api-key-file", "--web.listen-address", "--once"):
         assert flag in result.stdout
 
 
 def test_once_polls_the_simulator_and_prints_the_exposition(
-    release: Release, simulator: SimulatorHTTPServer, tmp_path: Path
+    artifacts: Artifacts, simulator: SimulatorHTTPServer, tmp_path: Path
 ) -> None:
     result = run_installed(
-        release,
+        artifacts,
         "--once",
         f"--version.registry-url={simulator.url}/_registry",
         cwd=tmp_path,

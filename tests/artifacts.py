@@ -17,7 +17,7 @@ UNIT_VENV = "/opt/letta-environments-exporter"
 
 
 @dataclass(frozen=True)
-class Release:
+class Artifacts:
     """The built wheel and sdist, and the wheel installed at `root` + `UNIT_VENV`."""
 
     wheel: Path
@@ -68,7 +68,7 @@ def source_files() -> list[str]:
     return sorted(path for path in result.stdout.splitlines() if (ROOT / path).is_file())
 
 
-def build_release(work: Path) -> Release:
+def build_artifacts(work: Path) -> Artifacts:
     """`python -m build` (the sdist, then the wheel from the unpacked sdist), then a fresh venv.
 
     It builds from a copy of the source files: setuptools would otherwise add whatever a stale
@@ -81,10 +81,10 @@ def build_release(work: Path) -> Release:
     _run([sys.executable, "-m", "build", "--outdir", dist, source], "python -m build")
     wheels, sdists = sorted(dist.glob("*.whl")), sorted(dist.glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, f"python -m build made {os.listdir(dist)}"
-    release = Release(wheel=wheels[0], sdist=sdists[0], root=work / "root")
+    artifacts = Artifacts(wheel=wheels[0], sdist=sdists[0], root=work / "root")
     env = outside_environment()
     # venv bases the new environment on the Python behind this virtualenv, not on this one.
-    _run([sys.executable, "-m", "venv", release.venv], "python -m venv", env=env)
-    pip = [release.venv / "bin" / "python", "-m", "pip", "install", "--quiet"]
-    _run([*pip, release.wheel], "pip install of the wheel", env=env, cwd=work)
-    return release
+    _run([sys.executable, "-m", "venv", artifacts.venv], "python -m venv", env=env)
+    pip = [artifacts.venv / "bin" / "python", "-m", "pip", "install", "--quiet"]
+    _run([*pip, artifacts.wheel], "pip install of the wheel", env=env, cwd=work)
+    return artifacts
