@@ -121,7 +121,7 @@ def installed_copy(artifacts: Artifacts, directory: Path, text: str | None = Non
 
 def verify(unit: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [systemd_analyze(), "verify", "--man=no", str(unit)],
+        [systemd_analyze(), "verify", str(unit)],
         capture_output=True,
         text=True,
         check=False,
