@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -21,6 +21,9 @@ import pytest
 from exporter.config import Config, Secret
 from exporter.rendering import RenderOptions
 from exporter.simulator import SimulatorHTTPServer, start_simulator
+
+if TYPE_CHECKING:
+    from tests.artifacts import Artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
@@ -138,3 +141,11 @@ def exporter_process(
     finally:
         stop_process(process)
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    """The wheel and sdist `python -m build` makes, the wheel installed in a fresh virtualenv."""
+    from tests.artifacts import build_artifacts
+
+    return build_artifacts(tmp_path_factory.mktemp("artifacts"))
