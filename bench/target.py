@@ -92,6 +92,8 @@ class _Floor(ThreadingHTTPServer):
 
 
 def _exporter(args: argparse.Namespace) -> tuple[int, dict[str, Callable[[], Any]]]:
+    from prometheus_client import disable_created_metrics
+
     from exporter.client import EnvironmentsClient
     from exporter.config import load_config
     from exporter.poller import FleetState, Poller
@@ -108,6 +110,7 @@ def _exporter(args: argparse.Namespace) -> tuple[int, dict[str, Callable[[], Any
         ],
         {"LETTA_API_KEY": API_KEY},
     ).config
+    disable_created_metrics()  # as the exporter's command line does
     metrics = ExporterMetrics(config.poll_interval)
     state = FleetState()
     client = EnvironmentsClient(config, observe=metrics.observe_request)

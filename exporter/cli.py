@@ -13,6 +13,7 @@ from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
+from prometheus_client import disable_created_metrics
 
 from exporter import __version__, logs
 from exporter.client import EnvironmentsClient
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 2
     config = invocation.config
     logs.configure(config.log_level, config.log_format)
+    # `_created` series double every counter for no use to this exporter's readers.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     simulator = None
     if config.demo:
         from exporter.simulator import start_simulator

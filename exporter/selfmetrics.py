@@ -1,17 +1,18 @@
-"""The exporter's own metrics, in an explicit registry (never the global one)."""
+"""The exporter's own metrics, in an explicit registry (never the global one).
+
+Importing this module changes nothing global: the process that serves them (`exporter.cli`)
+turns prometheus-client's `_created` series off.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
 from exporter.errors import POLL_RESULTS
 from exporter.releases import LOOKUP_RESULTS
-
-# `_created` series double every counter for no use to this exporter's readers.
-disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class ExporterMetrics:

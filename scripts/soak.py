@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import httpx
+from prometheus_client import disable_created_metrics
 
 from exporter.client import EnvironmentsClient
 from exporter.config import Config, Secret
@@ -60,6 +61,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         fleet_size=args.fleet_size, seed=1, api_key="soak", churn=True, clock=clock
     )
     config = Config(api_key=Secret("soak"), base_url=simulator.url, page_size=args.page_size)
+    disable_created_metrics()  # as the exporter's command line does
     metrics = ExporterMetrics(config.poll_interval)
     state = FleetState()
     client = EnvironmentsClient(config, observe=metrics.observe_request, wall_clock=clock)

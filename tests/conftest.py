@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from prometheus_client import disable_created_metrics
 
 from exporter.config import Config, Secret
 from exporter.rendering import RenderOptions
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
 TIME_TO_KNOW: list[str] = []  # what the end-to-end alerting test measured, for the summary
+
+
+def pytest_configure(config: Any) -> None:
+    # In-process exporters serve their own metrics as the command line sets them up.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
