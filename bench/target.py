@@ -96,9 +96,10 @@ def _exporter(args: argparse.Namespace) -> tuple[int, dict[str, Callable[[], Any
 
     from exporter.client import EnvironmentsClient
     from exporter.config import load_config
-    from exporter.poller import FleetState, Poller
+    from exporter.poller import Poller
     from exporter.selfmetrics import ExporterMetrics
     from exporter.server import ExporterHTTPServer, serve_in_background
+    from exporter.store import Store
 
     config = load_config(
         [
@@ -112,12 +113,12 @@ def _exporter(args: argparse.Namespace) -> tuple[int, dict[str, Callable[[], Any
     ).config
     disable_created_metrics()  # as the exporter's command line does
     metrics = ExporterMetrics(config.poll_interval)
-    state = FleetState()
+    state = Store()
     client = EnvironmentsClient(config, observe=metrics.observe_request)
     poller = Poller(config, client, state, metrics)
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
-        state=state,
+        store=state,
         metrics=metrics,
         telemetry_path="/metrics",
         max_data_age=config.effective_max_data_age,

@@ -19,10 +19,11 @@ from exporter import __version__, logs
 from exporter.client import EnvironmentsClient
 from exporter.config import Config, Secret, load_config
 from exporter.errors import ConfigError
-from exporter.poller import FleetState, Poller
+from exporter.poller import Poller
 from exporter.releases import ReleaseLookup
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_background
+from exporter.store import Store
 from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 class _Polling:
     """Everything a poll needs, wired once for both run modes; `close` releases it."""
 
-    state: FleetState
+    store: Store
     client: EnvironmentsClient
     lookup: ReleaseLookup | None
     poller: Poller
@@ -78,15 +79,15 @@ class _Polling:
 
 
 def _polling(config: Config, metrics: ExporterMetrics) -> _Polling:
-    state = FleetState()
+    store = Store()
     client = EnvironmentsClient(config, observe=metrics.observe_request)
     lookup = None
     if config.version_registry and not config.version_target:  # a pinned version needs none
         lookup = ReleaseLookup(config, observe=metrics.observe_release_lookup)
     poller = Poller(
-        config, client, state, metrics, releases=lambda: lookup.current if lookup else None
+        config, client, store, metrics, releases=lambda: lookup.current if lookup else None
     )
-    return _Polling(state=state, client=client, lookup=lookup, poller=poller)
+    return _Polling(store=store, client=client, lookup=lookup, poller=poller)
 
 
 def _run_once(config: Config) -> int:
@@ -98,7 +99,7 @@ def _run_once(config: Config) -> int:
         ok = polling.poller.poll_once()
     finally:
         polling.close()
-    fleet = polling.state.fleet
+    fleet = polling.store.fleet
     if not ok or fleet is None:
         print(f"{PROG}: error: the poll failed (see the log above)", file=sys.stderr)
         return 1
@@ -132,7 +133,7 @@ def _run_forever(config: Config) -> int:
         host, port = parse_listen_address(config.listen_address)
         server = ExporterHTTPServer(
             (host, port),
-            state=polling.state,
+            store=polling.store,
             metrics=metrics,
             telemetry_path=config.telemetry_path,
             max_data_age=config.effective_max_data_age,

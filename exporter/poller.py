@@ -10,10 +10,8 @@ import gc
 import logging
 import sys
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from exporter import clock
 from exporter.client import EnvironmentsClient
@@ -23,80 +21,13 @@ from exporter.fleet import ReleaseInfo
 from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import SnapshotBuilder
+from exporter.store import GZIP_LEVEL, GzipPrefix, PublishedFleet, Store
 
 log = logging.getLogger(__name__)
 
-# Measured in bench/ (docs/benchmarks.md): at 100,000 environments level 3 costs ~10% more
-# than 1 for ~5% fewer bytes; level 4 costs ~60% more, 6 twice as much, 9 five times.
-GZIP_LEVEL = 3
 # While a poll runs, a scrape waiting for the GIL gets it within 0.2 ms rather than 5 ms (the
 # default), so that its p99 stays near idle; measured in bench/ at no visible cost to the poll.
 POLL_SWITCH_INTERVAL = 0.0002
-
-
-class GzipPrefix:
-    """An open gzip member holding the fleet bytes, ready to be finished per scrape.
-
-    The fleet is compressed once per poll and the deflate stream is left open (sync flush);
-    a scrape copies the compressor, appends the exporter's own small exposition and closes
-    the member, so every response is one ordinary gzip member (not all clients read two).
-    """
-
-    def __init__(self, data: bytes, level: int) -> None:
-        compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container
-        self.prefix = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        self._compressor = compressor
-        self._lock = threading.Lock()
-
-    def finish(self, tail: bytes) -> bytes:
-        return b"".join(self.finish_parts(tail))
-
-    def finish_parts(self, tail: bytes) -> tuple[bytes, bytes]:
-        """The member as two parts to send one after the other, so the prefix is not copied."""
-        with self._lock:  # copy() reads the shared state; held for microseconds
-            compressor = self._compressor.copy()
-        return self.prefix, compressor.compress(tail) + compressor.flush()
-
-
-def gzip_member(data: bytes) -> bytes:
-    """``data`` as one gzip member, at the level chosen for scrapes."""
-    return GzipPrefix(b"", GZIP_LEVEL).finish(data)
-
-
-@dataclass(frozen=True, slots=True)
-class PublishedFleet:
-    """What a scrape serves of the fleet: bytes rendered once, plain and gzip-ready."""
-
-    plain: bytes
-    gzipped: GzipPrefix
-    environments: int
-    completed_at: float
-    published_monotonic: float
-
-
-class FleetState:
-    """The current published fleet; replaced by one reference swap, read without locks."""
-
-    def __init__(self) -> None:
-        self._fleet: PublishedFleet | None = None
-
-    @property
-    def fleet(self) -> PublishedFleet | None:
-        return self._fleet
-
-    def publish(self, fleet: PublishedFleet) -> None:
-        self._fleet = fleet
-
-    @property
-    def ready(self) -> bool:
-        return self._fleet is not None
-
-    def fresh_fleet(self, max_age: float, now: float) -> PublishedFleet | None:
-        """The fleet, unless it is older than ``max_age`` (then it is withdrawn)."""
-        fleet = self._fleet
-        if fleet is None or now - fleet.published_monotonic > max_age:
-            return None
-        return fleet
 
 
 @contextmanager
@@ -130,7 +61,7 @@ class Poller:
         self,
         config: Config,
         client: EnvironmentsClient,
-        state: FleetState,
+        store: Store,
         metrics: ExporterMetrics,
         *,
         releases: Callable[[], ReleaseInfo | None] = lambda: None,
@@ -141,7 +72,7 @@ class Poller:
         self._render_options = config.render_options()
         self._releases = releases
         self._client = client
-        self._state = state
+        self._store = store
         self._metrics = metrics
         self._wall_clock = wall_clock
         self._monotonic = monotonic
@@ -171,7 +102,7 @@ class Poller:
             log.exception("poll failed unexpectedly")
             self._fail("internal_error", "internal error", started)
             return False
-        self._state.publish(fleet)
+        self._store.publish(fleet)
         duration = self._monotonic() - started
         self._metrics.poll_duration.set(duration)
         self._metrics.polls.labels(result="success").inc()

@@ -1,4 +1,4 @@
-"""HTTP server: /metrics, /, /-/healthy, /-/ready. It never calls upstream or parses JSON.
+"""HTTP server: /metrics, /, /-/healthy, /-/ready, read from the store; it never calls upstream.
 
 A scrape concatenates the fleet bytes rendered at the last poll with the exporter's own small
 registry; with gzip, it finishes the fleet's pre-compressed, still open gzip member. With a web
@@ -30,8 +30,8 @@ from exporter.exposition import (
     accepts_gzip,
     wants_openmetrics,
 )
-from exporter.poller import FleetState, gzip_member
 from exporter.selfmetrics import ExporterMetrics
+from exporter.store import Store, gzip_member
 from exporter.webconfig import BasicAuth, TLSContextSource, WebConfig
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         self,
         address: tuple[str, int],
         *,
-        state: FleetState,
+        store: Store,
         metrics: ExporterMetrics,
         telemetry_path: str,
         max_data_age: float,
@@ -57,7 +57,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
         web: WebConfig | None = None,
         connection_timeout: float = CONNECTION_TIMEOUT,
     ) -> None:
-        self.state = state
+        self.store = store
         self.metrics = metrics
         self.telemetry_path = telemetry_path
         self.max_data_age = max_data_age
@@ -104,7 +104,7 @@ class ExporterHTTPServer(ThreadingHTTPServer):
             if openmetrics
             else self.metrics.render()
         )
-        fleet = self.state.fresh_fleet(self.max_data_age, self.monotonic())
+        fleet = self.store.fresh_fleet(self.max_data_age, self.monotonic())
         if gzipped:
             return (gzip_member(own),) if fleet is None else fleet.gzipped.finish_parts(own)
         return (own,) if fleet is None else (fleet.plain, own)
@@ -170,7 +170,7 @@ class MetricsHandler(BaseHTTPRequestHandler):
         elif path == "/-/healthy":
             self._send(200, "text/plain; charset=utf-8", b"OK\n", head=head)
         elif path == "/-/ready":
-            if self.server.state.ready:
+            if self.server.store.ready:
                 self._send(200, "text/plain; charset=utf-8", b"OK\n", head=head)
             else:
                 self._send(

@@ -28,10 +28,11 @@ from prometheus_client import disable_created_metrics
 
 from exporter.client import EnvironmentsClient
 from exporter.config import Config, Secret
-from exporter.poller import FleetState, Poller
+from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
 from exporter.simulator import SimulatedFleet, start_simulator
+from exporter.store import Store
 
 MIB = 1024 * 1024
 
@@ -63,12 +64,12 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     config = Config(api_key=Secret("soak"), base_url=simulator.url, page_size=args.page_size)
     disable_created_metrics()  # as the exporter's command line does
     metrics = ExporterMetrics(config.poll_interval)
-    state = FleetState()
+    state = Store()
     client = EnvironmentsClient(config, observe=metrics.observe_request, wall_clock=clock)
     poller = Poller(config, client, state, metrics, wall_clock=clock)
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
-        state=state,
+        store=state,
         metrics=metrics,
         telemetry_path="/metrics",
         max_data_age=float("inf"),

@@ -24,9 +24,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.client import EnvironmentsClient
-from exporter.poller import FleetState, Poller, PublishedFleet
+from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
 from exporter.simulator import SimulatedFleet, SimulatorHTTPServer
+from exporter.store import PublishedFleet, Store
 from tests.conftest import API_KEY, exporter_process, free_port, make_config, wait_until
 
 FLEET = 60  # the `simulator` fixture's fleet: 3 pages of 25, 25 and 10 rows
@@ -274,7 +275,7 @@ class Rig:
     """A Poller with the real client against an upstream, and what it publishes."""
 
     poller: Poller
-    state: FleetState
+    state: Store
     metrics: ExporterMetrics
     client: EnvironmentsClient
 
@@ -283,7 +284,7 @@ class Rig:
 def _rig(base_url: str, **overrides: Any) -> Iterator[Rig]:
     config = make_config(base_url=base_url, **{**BASE, **overrides})
     metrics = ExporterMetrics(config.poll_interval, process=False)
-    state = FleetState()
+    state = Store()
     client = EnvironmentsClient(config, observe=metrics.observe_request)
     try:
         yield Rig(Poller(config, client, state, metrics), state, metrics, client)

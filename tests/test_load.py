@@ -22,10 +22,11 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.client import EnvironmentsClient
-from exporter.poller import FleetState, Poller
+from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
 from exporter.simulator import start_simulator
+from exporter.store import Store
 from tests.conftest import API_KEY, ROOT, make_config, wait_until
 
 SCRAPERS = 32
@@ -38,7 +39,7 @@ FLEET = 300
 class Served:
     url: str
     port: int
-    state: FleetState
+    state: Store
     polls: list[float] = field(default_factory=list)  # completion times of successful polls
 
 
@@ -48,12 +49,12 @@ def _exporter_under_polls() -> Iterator[Served]:
     simulator = start_simulator(fleet_size=FLEET, seed=5, api_key=API_KEY, churn=True)
     config = make_config(base_url=simulator.url, page_size=100)
     metrics = ExporterMetrics(config.poll_interval)
-    state = FleetState()
+    state = Store()
     client = EnvironmentsClient(config, observe=metrics.observe_request)
     poller = Poller(config, client, state, metrics)
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
-        state=state,
+        store=state,
         metrics=metrics,
         telemetry_path="/metrics",
         max_data_age=600,
@@ -205,7 +206,7 @@ def test_many_scrapers_and_stalled_clients_while_polls_run() -> None:
 def test_an_idle_keep_alive_connection_is_closed_after_the_timeout() -> None:
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
-        state=FleetState(),
+        store=Store(),
         metrics=ExporterMetrics(60, process=False),
         telemetry_path="/metrics",
         max_data_age=600,

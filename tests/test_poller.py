@@ -12,8 +12,9 @@ from freezegun import freeze_time
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.client import EnvironmentsClient
-from exporter.poller import FleetState, Poller
+from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
+from exporter.store import Store
 from tests.conftest import make_config
 from tests.fleet import metric_value
 
@@ -57,10 +58,10 @@ def _page(*rows: dict[str, Any], more: bool = False) -> Callable[[httpx.Request]
     )
 
 
-def _poller(upstream: Upstream, **config: Any) -> tuple[Poller, FleetState, ExporterMetrics]:
+def _poller(upstream: Upstream, **config: Any) -> tuple[Poller, Store, ExporterMetrics]:
     cfg = make_config(max_retries=0, **config)
     metrics = ExporterMetrics(cfg.poll_interval, process=False)
-    state = FleetState()
+    state = Store()
     client = EnvironmentsClient(
         cfg,
         transport=httpx.MockTransport(upstream),
@@ -70,7 +71,7 @@ def _poller(upstream: Upstream, **config: Any) -> tuple[Poller, FleetState, Expo
     return Poller(cfg, client, state, metrics), state, metrics
 
 
-def _states(state: FleetState) -> dict[str, float]:
+def _states(state: Store) -> dict[str, float]:
     assert state.fleet is not None
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(state.fleet.plain.decode()):
@@ -179,7 +180,7 @@ def test_fleet_bytes_are_withdrawn_after_the_maximum_data_age() -> None:
     upstream = Upstream(_page(_row("a", None)))
     cfg = make_config()
     metrics = ExporterMetrics(cfg.poll_interval, process=False)
-    state = FleetState()
+    state = Store()
     client = EnvironmentsClient(cfg, transport=httpx.MockTransport(upstream))
     Poller(cfg, client, state, metrics, monotonic=lambda: clock[0]).poll_once()
     assert state.fresh_fleet(600, now=clock[0] + 600) is state.fleet

@@ -12,10 +12,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.poller import FleetState, GzipPrefix, PublishedFleet
 from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
+from exporter.store import GzipPrefix, PublishedFleet, Store
 from tests.conftest import render_options
 from tests.fleet import fixture_snapshot
 
@@ -29,11 +29,11 @@ class Clock:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[str, FleetState, Clock]]:
-    state, clock = FleetState(), Clock()
+def served() -> Iterator[tuple[str, Store, Clock]]:
+    state, clock = Store(), Clock()
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
-        state=state,
+        store=state,
         metrics=ExporterMetrics(60, process=True),
         telemetry_path="/metrics",
         max_data_age=600,
@@ -47,7 +47,7 @@ def served() -> Iterator[tuple[str, FleetState, Clock]]:
         server.server_close()
 
 
-def _publish(state: FleetState, at: float) -> bytes:
+def _publish(state: Store, at: float) -> bytes:
     text = render_fleet(fixture_snapshot(), render_options()).text
     state.publish(
         PublishedFleet(

@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from exporter.errors import ConfigError
-from exporter.poller import FleetState
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
 from exporter.simulator import SimulatorHTTPServer
+from exporter.store import Store
 from exporter.webconfig import BasicAuth, WebConfig, load_web_config
 from tests.certs import PKI, Authority, make_pki
 from tests.conftest import API_KEY, ROOT, free_port, wait_until
@@ -54,7 +54,7 @@ def _write(directory: Path, text: str, name: str = "web.yml") -> Path:
 def _serving(web: WebConfig, timeout: float = 5.0) -> Iterator[ExporterHTTPServer]:
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
-        state=FleetState(),
+        store=Store(),
         metrics=ExporterMetrics(60, process=False),
         telemetry_path="/metrics",
         max_data_age=600,
