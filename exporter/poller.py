@@ -145,21 +145,33 @@ class Poller:
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
+        self._started = 0.0  # when the running poll started
+        self._overrun_told = False  # the running poll's overrun has been logged
         self._failing: str | None = None  # the failure kind of the current streak
         self._last_invalid = 0
 
     def poll_once(self) -> bool:
         """Poll, publish on success; True when the poll succeeded."""
         if not self._lock.acquire(blocking=False):
-            log.warning("a poll is still running; this one is skipped")
+            self._metrics.polls_skipped.inc()
+            if not self._overrun_told:  # once per overrun, not at every tick it covers
+                self._overrun_told = True
+                log.warning(
+                    "a poll is still running after %.1fs (interval %gs); skipping polls until "
+                    "it ends",
+                    self._monotonic() - self._started,
+                    self._config.poll_interval,
+                )
             return False
         try:
+            self._started = self._monotonic()
+            self._overrun_told = False
             return self._poll()
         finally:
             self._lock.release()
 
     def _poll(self) -> bool:
-        started = self._monotonic()
+        started = self._started
         try:
             with _quiet_collector(), _scrapes_first():
                 fleet = self._fetch(started + self._config.effective_poll_timeout)

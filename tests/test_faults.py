@@ -394,10 +394,16 @@ def test_a_poll_that_is_still_running_makes_the_next_one_skip_not_overlap(
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="exporter"):
             assert rig.poller.poll_once() is False
-        assert time.monotonic() - started < 0.1  # skipped at once, not queued behind the first
-        assert [r.getMessage() for r in caplog.records] == [
-            "a poll is still running; this one is skipped"
-        ]
+            assert time.monotonic() - started < 0.1  # skipped at once, not queued behind it
+            assert rig.poller.poll_once() is False  # the next tick: counted, not logged again
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 1, messages
+        assert re.fullmatch(
+            r"a poll is still running after \d+\.\ds \(interval 60s\); skipping polls until "
+            r"it ends",
+            messages[0],
+        )
+        assert _value(rig.metrics, "letta_exporter_polls_skipped_total") == 2
         first.join(10)
         assert results == [True]
         assert simulator.fleet.requests == 3  # the first poll's three pages, nothing else
