@@ -113,8 +113,11 @@ class Config:
 
     @property
     def effective_poll_timeout(self) -> float:
-        """A poll's deadline: never longer than the interval, so polls cannot overlap."""
-        return self.poll_timeout if self.poll_timeout is not None else self.poll_interval
+        """A poll's deadline: by default the interval less the jitter, so that a poll cut at
+        its deadline has ended before the next one can start."""
+        if self.poll_timeout is not None:
+            return self.poll_timeout
+        return self.poll_interval - self.poll_jitter
 
     @property
     def effective_max_data_age(self) -> float:
@@ -356,7 +359,7 @@ _OPTIONS: tuple[_Option, ...] = (
         "letta.poll-timeout",
         "poll_timeout",
         parse_duration,
-        "deadline of one whole poll, retries included (default: the poll interval)",
+        "deadline of one whole poll, retries included (default: the interval less the jitter)",
         "DURATION",
     ),
     _Option(

@@ -129,7 +129,7 @@ def test_defaults() -> None:
     assert config.base_url == "https://api.letta.com" and config.listen_address == ":8377"
     assert config.poll_interval == 60 and config.page_size == 100
     assert config.online_threshold == 120 and config.environment_max == 100_000
-    assert config.effective_max_data_age == 600 and config.effective_poll_timeout == 60
+    assert config.effective_max_data_age == 600 and config.effective_poll_timeout == 55
     assert config.collector_environment and config.environment_extra_labels == ()
 
 
