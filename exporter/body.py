@@ -48,13 +48,14 @@ class _Inflater:
     def feed(self, data: bytes, out: bytearray, limit: int) -> None:
         try:
             while data:
-                if self._inflate.eof:  # a gzip body may hold several members, one after another
-                    data = self._inflate.unused_data + data
-                    self._inflate = zlib.decompressobj(_GZIP_OR_ZLIB)
                 out += self._inflate.decompress(data, limit - len(out) + 1)
                 if len(out) > limit:
                     raise BodyTooLargeError(f"inflates to more than {format_size(limit)}")
-                data = self._inflate.unconsumed_tail
+                if self._inflate.eof and self._inflate.unused_data:
+                    data = self._inflate.unused_data  # a gzip body may hold several members
+                    self._inflate = zlib.decompressobj(_GZIP_OR_ZLIB)
+                else:
+                    data = self._inflate.unconsumed_tail
         except zlib.error as exc:
             raise BodyError(f"corrupt compressed body ({exc})") from None
 

@@ -323,9 +323,9 @@ class EnvironmentsClient:
         allowed = self._config.max_response_size // BYTES_PER_VALUE
         if values > allowed:
             raise InvalidResponseError(
-                f"the answer from {LIST_PATH} holds {values} JSON values, more than the "
-                f"{allowed} real rows take to fill --letta.max-response-size="
-                f"{format_size(self._config.max_response_size)}"
+                f"the answer from {LIST_PATH} holds {values} JSON values; real rows filling "
+                f"--letta.max-response-size={format_size(self._config.max_response_size)} "
+                f"hold at most {allowed}"
             )
 
     def _backoff(self, attempt: int) -> float:

@@ -652,8 +652,8 @@ HOSTILE = [
         "value_flood",
         ("letta_exporter_polls_total", "invalid_response"),
         r"poll failed \(invalid_response\): the answer from /v1/environments holds \d+ JSON "
-        r"values, more than the 1048576 real rows take to fill "
-        r"--letta.max-response-size=8MiB; serving the last good fleet",
+        r"values; real rows filling --letta.max-response-size=8MiB hold at most 1048576; "
+        r"serving the last good fleet",
     ),
     Hostile(
         "row flood: pages of 4,000 rows whatever the limit, without end",
