@@ -43,8 +43,8 @@ def packument(latest: str = LATEST_RELEASE) -> bytes:
 
 
 class HostileServer(ThreadingHTTPServer):
-    """Modes: good, gzip_bomb, endless, value_flood, row_flood, trickle; `sent` counts the
-    body bytes the trickle wrote before the client went away."""
+    """Modes: good, gzip_bomb, endless, value_flood, string_flood, row_flood, trickle;
+    `trickled` counts the body bytes the trickle wrote before the client went away."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -106,6 +106,9 @@ class HostileHandler(BaseHTTPRequestHandler):
         elif mode == "value_flood":  # just under 8 MiB of empty rows: 2.8 million of them
             rows = 8 * MiB // 3 - 20
             self._send(LIST_HEAD + b"{}," * rows + b"{}" + LIST_TAIL)
+        elif mode == "string_flood":  # short distinct strings, as many as the value guard lets by
+            strings = b",".join(b'"%06x"' % i for i in range(8 * MiB // 9 - 16))
+            self._send(LIST_HEAD + strings + LIST_TAIL)
         elif mode == "row_flood":
             self._row_flood(query)
         elif mode == "trickle":

@@ -613,10 +613,9 @@ def test_the_real_cli_keeps_serving_through_a_fault_and_recovers_within_one_inte
 
 # --- hostile answers: the exporter's memory stays bounded whatever the upstream sends ---------
 
-# No case may push the exporter's peak RSS (`VmHWM`) past this. Measured with the caps: 60 to
-# 110 MiB. Without them (the exporter before the caps): the gzip bomb 2,041 MiB, the endless
-# plain answer 2,987 MiB, the registry bomb over 1 GiB, the value flood and the row flood
-# several hundred MiB each.
+# No case may push the exporter's peak RSS (`VmHWM`) past this. Measured with the caps: 53 to
+# 144 MiB. Before the caps, the same answers took it to 1,239 MiB (gzip bomb), 2,097 MiB
+# (endless answer), 498 MiB (value flood), 836 MiB (row flood), 4,077 MiB (registry bomb).
 PEAK_BOUND_MIB = 200
 
 
@@ -654,6 +653,13 @@ HOSTILE = [
         r"poll failed \(invalid_response\): the answer from /v1/environments holds \d+ JSON "
         r"values; real rows filling --letta.max-response-size=8MiB hold at most 1048576; "
         r"serving the last good fleet",
+    ),
+    Hostile(
+        "string flood: 930,000 short strings, the costliest page the value count lets by",
+        "string_flood",
+        ("letta_exporter_polls_total", "pagination_error"),
+        r"poll failed \(pagination_error\): more than --letta.max-rows=200000 rows \(\d+ "
+        r"with page 1\); serving the last good fleet",
     ),
     Hostile(
         "row flood: pages of 4,000 rows whatever the limit, without end",
