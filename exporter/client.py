@@ -108,6 +108,9 @@ class EnvironmentsClient:
         self._wall_clock = wall_clock
         self._jitter = jitter
         self._not_before = 0.0  # monotonic time before which upstream asked us not to call
+        # One worker for every poll: a request the deadline gave up on (headers trickling in
+        # a byte at a time) delays the next poll's requests, never piles up threads.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch")
         verify: ssl.SSLContext | bool = True
         if config.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(config.ca_file))
@@ -126,6 +129,7 @@ class EnvironmentsClient:
         )
 
     def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
     def __repr__(self) -> str:
@@ -149,10 +153,9 @@ class EnvironmentsClient:
             params["userId"] = self._config.user_id
         cursors: set[str] = set()
         rows = 0
-        # Not a `with` block: leaving it would wait for a request the deadline gave up on.
-        ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch")
+        pending = self._worker.submit(self._fetch, dict(params), deadline)
+        next_page: Future[tuple[bytes, float]] | None = None
         try:
-            pending = ahead.submit(self._fetch, dict(params), deadline)
             for number in range(1, self._config.max_pages + 1):
                 body, received_at = self._result(pending, deadline, number)
                 loaded = self._load(number, body)
@@ -165,13 +168,13 @@ class EnvironmentsClient:
                     )
                 cursor = loaded.last_id
                 repeated = cursor is not None and cursor in cursors
-                next_page: Future[tuple[bytes, float]] | None = None
+                next_page = None
                 if loaded.has_next_page and cursor is not None and not repeated:
                     cursors.add(cursor)
                     params["after"] = cursor
                     if number < self._config.max_pages:
                         sent = threading.Event()
-                        next_page = ahead.submit(self._fetch, dict(params), deadline, sent)
+                        next_page = self._worker.submit(self._fetch, dict(params), deadline, sent)
                         # Validating holds the GIL in stretches: let the request leave first.
                         sent.wait(max(0.0, deadline - self._monotonic()))
                 yield FetchedPage(page=loaded.validate(), received_at=received_at)
@@ -185,7 +188,9 @@ class EnvironmentsClient:
                     break  # that was the last page --letta.max-pages allows
                 pending = next_page
         finally:
-            ahead.shutdown(wait=False, cancel_futures=True)
+            pending.cancel()  # a request not started yet is not made; one under way ends alone
+            if next_page is not None:
+                next_page.cancel()
         raise PaginationError(f"more than --letta.max-pages={self._config.max_pages} pages")
 
     def _result(
