@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import logging
+import math
 import random
 import ssl
 import threading
@@ -176,7 +177,7 @@ class EnvironmentsClient:
                         sent = threading.Event()
                         next_page = self._worker.submit(self._fetch, dict(params), deadline, sent)
                         # Validating holds the GIL in stretches: let the request leave first.
-                        sent.wait(max(0.0, deadline - self._monotonic()))
+                        sent.wait(self._left(deadline))
                 yield FetchedPage(page=loaded.validate(), received_at=received_at)
                 if not loaded.has_next_page:
                     return
@@ -198,12 +199,16 @@ class EnvironmentsClient:
     ) -> tuple[bytes, float]:
         """The fetched page, or a timeout once the poll's deadline has passed."""
         try:
-            return pending.result(timeout=max(0.0, deadline - self._monotonic()))
+            return pending.result(timeout=self._left(deadline))
         except FutureTimeoutError:
             # The request goes on in the worker until its next read, and stops there.
             raise UpstreamTimeoutError(
                 f"the poll's deadline passed while page {number} was arriving"
             ) from None
+
+    def _left(self, deadline: float) -> float | None:
+        """Seconds to wait for the worker until ``deadline``; None (no limit) for infinity."""
+        return None if deadline == math.inf else max(0.0, deadline - self._monotonic())
 
     def _load(self, number: int, body: bytes) -> LoadedPage:
         try:
