@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test test-fast venv bench clean
 
 venv: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ demo: venv
 
 test:
 	./scripts/test
+
+# The same checks without the tests marked slow (end to end, builds, benchmark smoke run).
+test-fast:
+	./scripts/test -m "not slow"
 
 bench: venv
 	$(VENV)/bin/python -m bench

@@ -6,20 +6,31 @@ It knows nothing of metrics: each request's outcome is reported to an optional o
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
+import math
 import random
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from exporter import __version__, clock
+from exporter.body import (
+    ACCEPT_ENCODING,
+    BodyError,
+    BodyTooLargeError,
+    DeadlinePassedError,
+    format_size,
+    read_body,
+)
 from exporter.config import Config
 from exporter.errors import (
     AuthError,
@@ -37,6 +48,12 @@ log = logging.getLogger(__name__)
 
 LIST_PATH = "/v1/environments"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+# A page may hold one JSON value per this many bytes of --letta.max-response-size. Real rows
+# hold one per 9 bytes (only the required fields) to 14 (the simulator's fleet), so a real page
+# under the cap passes; without it, 1 MiB of `[{},{},...]` decodes to 25 MiB of dicts, with it
+# decoding costs at most ~10x the cap (measured: short distinct strings, the worst case).
+BYTES_PER_VALUE = 8
+ERROR_BODY_LIMIT = 64 * 1024  # an error page larger than this is not read, the connection dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +109,9 @@ class EnvironmentsClient:
         self._wall_clock = wall_clock
         self._jitter = jitter
         self._not_before = 0.0  # monotonic time before which upstream asked us not to call
+        # One worker for every poll: a request the deadline gave up on (headers trickling in
+        # a byte at a time) delays the next poll's requests, never piles up threads.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch")
         verify: ssl.SSLContext | bool = True
         if config.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(config.ca_file))
@@ -100,6 +120,7 @@ class EnvironmentsClient:
             headers={
                 "Authorization": f"Bearer {config.api_key.reveal()}",
                 "Accept": "application/json",
+                "Accept-Encoding": ACCEPT_ENCODING,
                 "User-Agent": f"letta-environments-exporter/{__version__}",
             },
             timeout=config.request_timeout,
@@ -109,6 +130,7 @@ class EnvironmentsClient:
         )
 
     def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
     def __repr__(self) -> str:
@@ -117,8 +139,11 @@ class EnvironmentsClient:
     def iter_pages(self, deadline: float) -> Iterator[FetchedPage]:
         """Every page of the list, in order; ``deadline`` is a `time.monotonic()` value.
 
-        While a page's rows are validated, the next page is already being fetched: its cursor
-        is known once the body is decoded. One request is in flight at a time, as without it.
+        Requests run on a worker thread and the poll waits for each only until its deadline,
+        so that no upstream (a body trickling in a byte at a time, headers that never end)
+        holds a poll past it. While a page's rows are validated, the next page is already
+        being fetched: its cursor is known once the body is decoded. One request is in
+        flight at a time, as without it.
         """
         params: dict[str, str] = {"limit": str(self._config.page_size)}
         if self._config.online_only:
@@ -128,21 +153,31 @@ class EnvironmentsClient:
         if self._config.user_id:
             params["userId"] = self._config.user_id
         cursors: set[str] = set()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as ahead:
-            body, received_at = self._fetch(params, deadline)
+        rows = 0
+        pending = self._worker.submit(self._fetch, dict(params), deadline)
+        next_page: Future[tuple[bytes, float]] | None = None
+        try:
             for number in range(1, self._config.max_pages + 1):
+                body, received_at = self._result(pending, deadline, number)
                 loaded = self._load(number, body)
+                del body
+                rows += len(loaded.rows)
+                if rows > self._config.max_rows:
+                    raise PaginationError(
+                        f"more than --letta.max-rows={self._config.max_rows} rows "
+                        f"({rows} with page {number})"
+                    )
                 cursor = loaded.last_id
                 repeated = cursor is not None and cursor in cursors
-                pending: Future[tuple[bytes, float]] | None = None
+                next_page = None
                 if loaded.has_next_page and cursor is not None and not repeated:
                     cursors.add(cursor)
                     params["after"] = cursor
                     if number < self._config.max_pages:
                         sent = threading.Event()
-                        pending = ahead.submit(self._fetch, dict(params), deadline, sent)
+                        next_page = self._worker.submit(self._fetch, dict(params), deadline, sent)
                         # Validating holds the GIL in stretches: let the request leave first.
-                        sent.wait()
+                        sent.wait(self._left(deadline))
                 yield FetchedPage(page=loaded.validate(), received_at=received_at)
                 if not loaded.has_next_page:
                     return
@@ -150,10 +185,30 @@ class EnvironmentsClient:
                     raise PaginationError(f"page {number} is empty but hasNextPage is true")
                 if repeated:
                     raise PaginationError(f"page {number} repeats cursor {cursor[:64]!r}")
-                if pending is None:
+                if next_page is None:
                     break  # that was the last page --letta.max-pages allows
-                body, received_at = pending.result()
+                pending = next_page
+        finally:
+            pending.cancel()  # a request not started yet is not made; one under way ends alone
+            if next_page is not None:
+                next_page.cancel()
         raise PaginationError(f"more than --letta.max-pages={self._config.max_pages} pages")
+
+    def _result(
+        self, pending: Future[tuple[bytes, float]], deadline: float, number: int
+    ) -> tuple[bytes, float]:
+        """The fetched page, or a timeout once the poll's deadline has passed."""
+        try:
+            return pending.result(timeout=self._left(deadline))
+        except FutureTimeoutError:
+            # The request goes on in the worker until its next read, and stops there.
+            raise UpstreamTimeoutError(
+                f"the poll's deadline passed while page {number} was arriving"
+            ) from None
+
+    def _left(self, deadline: float) -> float | None:
+        """Seconds to wait for the worker until ``deadline``; None (no limit) for infinity."""
+        return None if deadline == math.inf else max(0.0, deadline - self._monotonic())
 
     def _load(self, number: int, body: bytes) -> LoadedPage:
         try:
@@ -192,11 +247,8 @@ class EnvironmentsClient:
             error: UpstreamError
             retry_after: float | None = None
             try:
-                response = self._http.get(
-                    LIST_PATH,
-                    params=params,
-                    timeout=min(self._config.request_timeout, remaining),
-                    extensions=_trace_sent(sent),
+                status, headers, body = self._request(
+                    params, min(self._config.request_timeout, remaining), deadline, sent
                 )
             except httpx.TimeoutException as exc:
                 self._observe("timeout")
@@ -204,17 +256,31 @@ class EnvironmentsClient:
             except httpx.TransportError as exc:
                 self._observe("connection_error")
                 error = UpstreamConnectionError(f"{type(exc).__name__} calling {LIST_PATH}")
+            except DeadlinePassedError:
+                self._observe("timeout")
+                raise UpstreamTimeoutError(
+                    f"the poll's deadline passed while the answer from {LIST_PATH} was arriving"
+                ) from None
+            except BodyTooLargeError as exc:
+                self._observe("200")  # not retried: the same upstream would send the same
+                size = format_size(self._config.max_response_size)
+                raise InvalidResponseError(
+                    f"the answer from {LIST_PATH} {exc} (--letta.max-response-size={size})"
+                ) from None
+            except BodyError as exc:
+                self._observe("200")
+                raise InvalidResponseError(f"the answer from {LIST_PATH}: {exc}") from None
             else:
-                status = response.status_code
                 self._observe(str(status))
-                if 200 <= status < 300:
-                    return response.content
+                if body is not None:
+                    self._check_values(body)
+                    return body
                 if status in (401, 403):
                     raise AuthError(
                         f"HTTP {status} from {LIST_PATH}: the API key is invalid or not allowed "
                         "to list environments"
                     )
-                retry_after = parse_retry_after(response.headers, self._wall_clock())
+                retry_after = parse_retry_after(headers, self._wall_clock())
                 if status == 429:
                     error = RateLimitedError(f"HTTP 429 from {LIST_PATH}")
                 else:
@@ -231,6 +297,46 @@ class EnvironmentsClient:
             log.debug("retrying %s in %.2fs: %s", LIST_PATH, delay, error)
             self._sleep(delay)
             attempt += 1
+
+    def _request(
+        self,
+        params: dict[str, str],
+        timeout: float,
+        deadline: float,
+        sent: threading.Event | None,
+    ) -> tuple[int, httpx.Headers, bytes | None]:
+        """One request: its status, headers, and its body when the status is 2xx.
+
+        The body is streamed under --letta.max-response-size; an error's body is read only
+        when it is small (so that the connection can be used again), and never kept.
+        """
+        with self._http.stream(
+            "GET", LIST_PATH, params=params, timeout=timeout, extensions=_trace_sent(sent)
+        ) as response:
+            status = response.status_code
+            limit = self._config.max_response_size
+            if not 200 <= status < 300:
+                with contextlib.suppress(BodyError):
+                    read_body(
+                        response, ERROR_BODY_LIMIT, deadline=deadline, monotonic=self._monotonic
+                    )
+                return status, response.headers, None
+            body = read_body(response, limit, deadline=deadline, monotonic=self._monotonic)
+            return status, response.headers, body
+
+    def _check_values(self, body: bytes) -> None:
+        """Refuse a body with more JSON values than real rows would fill the cap with.
+
+        Each value but the first follows one of `,:[{`, so their count bounds the values.
+        """
+        values = sum(body.count(mark) for mark in (b",", b":", b"[", b"{"))
+        allowed = self._config.max_response_size // BYTES_PER_VALUE
+        if values > allowed:
+            raise InvalidResponseError(
+                f"the answer from {LIST_PATH} holds {values} JSON values; real rows filling "
+                f"--letta.max-response-size={format_size(self._config.max_response_size)} "
+                f"hold at most {allowed}"
+            )
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with full jitter."""

@@ -38,6 +38,10 @@ DEFAULT_HEARTBEAT_BUCKETS = (
 EXTRA_LABELS = ("working_directory", "git_branch")
 SOURCES = ("local", "remote")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+MiB = 1024 * 1024
+# A row as the API sends it is ~700 bytes (813 at most in the simulator's fleet): a page of
+# --letta.page-size rows must fit in --letta.max-response-size with room to spare.
+ROW_BYTES = 1024
 
 
 class Secret:
@@ -85,6 +89,8 @@ class Config:
     retry_backoff_max: float = 10.0
     page_size: int = 100
     max_pages: int = 10_000
+    max_rows: int = 200_000
+    max_response_size: int = 8 * MiB
     online_only: bool = False
     source: str | None = None
     user_id: str | None = None
@@ -102,13 +108,17 @@ class Config:
     version_package: str = "@letta-ai/letta-code"
     version_refresh_interval: float = 3600.0
     version_registry_timeout: float = 10.0
+    version_max_response_size: int = 16 * MiB
     demo: bool = False
     demo_fleet_size: int = 200
 
     @property
     def effective_poll_timeout(self) -> float:
-        """A poll's deadline: never longer than the interval, so polls cannot overlap."""
-        return self.poll_timeout if self.poll_timeout is not None else self.poll_interval
+        """A poll's deadline: by default the interval less the jitter, so that a poll cut at
+        its deadline has ended before the next one can start."""
+        if self.poll_timeout is not None:
+            return self.poll_timeout
+        return self.poll_interval - self.poll_jitter
 
     @property
     def effective_max_data_age(self) -> float:
@@ -173,6 +183,23 @@ def _non_negative_int(text: str) -> int:
     if number < 0:
         raise ValueError(f"must not be negative, got {number}")
     return number
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?")
+_SIZE_UNITS = {"B": 1, "KiB": 1024, "MiB": MiB, "GiB": 1024 * MiB}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `8MiB`, `512KiB`, `1GiB` or plain bytes; as in Prometheus, `MB` is `MiB`."""
+    value = str(text).strip()
+    match = _SIZE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"invalid size {value!r} (use e.g. 8MiB, 512KiB or bytes)")
+    unit = (match.group(2) or "B").replace("KB", "KiB").replace("MB", "MiB").replace("GB", "GiB")
+    size = int(match.group(1)) * _SIZE_UNITS[unit]
+    if size < 1:
+        raise ValueError(f"size must be positive, got {value!r}")
+    return size
 
 
 def _non_negative_duration(text: str) -> float:
@@ -343,7 +370,7 @@ _OPTIONS: tuple[_Option, ...] = (
         "letta.poll-timeout",
         "poll_timeout",
         parse_duration,
-        "deadline of one whole poll, retries included (default: the poll interval)",
+        "deadline of one whole poll, retries included (default: the interval less the jitter)",
         "DURATION",
     ),
     _Option(
@@ -383,6 +410,21 @@ _OPTIONS: tuple[_Option, ...] = (
         _positive_int,
         "give up a poll after this many pages (default 10000)",
         "N",
+    ),
+    _Option(
+        "letta.max-rows",
+        "max_rows",
+        _positive_int,
+        "give up a poll that brings more rows than this, however they are paged (default 200000)",
+        "N",
+    ),
+    _Option(
+        "letta.max-response-size",
+        "max_response_size",
+        parse_size,
+        "largest answer of the API, counted after decompression; a larger one is cut off "
+        "and fails the poll (default 8MiB)",
+        "SIZE",
     ),
     _Option(
         "letta.online-only",
@@ -485,6 +527,13 @@ _OPTIONS: tuple[_Option, ...] = (
         parse_duration,
         "timeout of one registry request (default 10s)",
         "DURATION",
+    ),
+    _Option(
+        "version.max-response-size",
+        "version_max_response_size",
+        parse_size,
+        "largest registry document, counted after decompression (default 16MiB)",
+        "SIZE",
     ),
     _Option(
         "log.level",
@@ -661,3 +710,8 @@ def _check_relations(config: Config, errors: list[str]) -> None:
         errors.append("--letta.retry-backoff: must not exceed --letta.retry-backoff-max")
     if config.max_data_age is not None and config.max_data_age < config.poll_interval:
         errors.append("--letta.max-data-age: must be at least --letta.poll-interval")
+    if config.max_response_size < config.page_size * ROW_BYTES:
+        errors.append(
+            f"--letta.max-response-size: too small for pages of --letta.page-size="
+            f"{config.page_size} rows (at least {config.page_size * ROW_BYTES} bytes)"
+        )

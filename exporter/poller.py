@@ -77,21 +77,42 @@ class Poller:
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
+        self._started = 0.0  # when the running poll started
+        self._skipped = 0  # polls skipped while this one runs
+        self._overrunning = False  # in a streak of polls that overran the interval
         self._failing: str | None = None  # the failure kind of the current streak
         self._last_invalid = 0
 
     def poll_once(self) -> bool:
-        """Poll, publish on success; True when the poll succeeded."""
+        """Poll, publish on success; True when the poll succeeded.
+
+        Called while a poll still runs (it overran the interval), it returns at once: the
+        skip is counted, and logged once for a streak of overrunning polls, not every tick.
+        """
         if not self._lock.acquire(blocking=False):
-            log.warning("a poll is still running; this one is skipped")
+            self._metrics.polls_skipped.inc()
+            self._skipped += 1
+            level = logging.DEBUG if self._overrunning else logging.WARNING
+            self._overrunning = True
+            log.log(
+                level,
+                "a poll is still running after %.1fs (interval %gs); polls are skipped until "
+                "it ends",
+                self._monotonic() - self._started,
+                self._config.poll_interval,
+            )
             return False
         try:
+            self._started = self._monotonic()
+            self._skipped = 0
             return self._poll()
         finally:
+            if not self._skipped:
+                self._overrunning = False  # a poll that kept within its interval ends a streak
             self._lock.release()
 
     def _poll(self) -> bool:
-        started = self._monotonic()
+        started = self._started
         try:
             with _quiet_collector(), _scrapes_first():
                 fleet = self._fetch(started + self._config.effective_poll_timeout)

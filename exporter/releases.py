@@ -18,12 +18,21 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exporter import __version__, clock
+from exporter.body import (
+    ACCEPT_ENCODING,
+    BodyError,
+    BodyTooLargeError,
+    DeadlinePassedError,
+    format_size,
+    read_body,
+)
 from exporter.config import Config
 from exporter.fleet import ReleaseInfo
 
 log = logging.getLogger(__name__)
 
 LOOKUP_RESULTS = ("success", "http_error", "timeout", "connection_error", "invalid_response")
+MAX_REDIRECTS = 5
 
 
 class Packument(BaseModel):
@@ -65,8 +74,12 @@ class ReleaseLookup:
         transport: httpx.BaseTransport | None = None,
         observe: Callable[[str], None] | None = None,
         wall_clock: Callable[[], float] = clock.wall_clock,
+        monotonic: Callable[[], float] = clock.monotonic,
     ) -> None:
         self._url = f"{config.version_registry_url}/{quote(config.version_package, safe='@')}"
+        self._timeout = config.version_registry_timeout
+        self._max_size = config.version_max_response_size
+        self._monotonic = monotonic
         self._observe = observe or (lambda result: None)
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
@@ -81,12 +94,16 @@ class ReleaseLookup:
         self._http = httpx.Client(
             timeout=config.version_registry_timeout,
             headers={
+                # The full document: the abbreviated one (application/vnd.npm.install-v1+json)
+                # has no `time`, and the publication times are what the drift metrics read.
                 "Accept": "application/json",
+                "Accept-Encoding": ACCEPT_ENCODING,
                 "User-Agent": f"letta-environments-exporter/{__version__}",
             },
             transport=transport,
             verify=verify,
-            follow_redirects=True,
+            # Followed here, not by httpx: it reads a redirect's body whole, without a cap.
+            follow_redirects=False,
         )
 
     def close(self) -> None:
@@ -117,16 +134,36 @@ class ReleaseLookup:
         return False
 
     def _lookup(self) -> tuple[str, str]:
+        deadline = self._monotonic() + self._timeout  # the whole lookup, body included
+        request = self._http.build_request("GET", self._url)
         try:
-            response = self._http.get(self._url)
-        except httpx.TimeoutException as exc:
+            for _ in range(MAX_REDIRECTS + 1):
+                response = self._http.send(request, stream=True)
+                try:
+                    if response.next_request is not None:
+                        request = response.next_request  # its body is never read
+                        continue
+                    if response.status_code != 200:
+                        return "http_error", f"HTTP {response.status_code} from {request.url}"
+                    body = read_body(
+                        response, self._max_size, deadline=deadline, monotonic=self._monotonic
+                    )
+                    break
+                finally:
+                    response.close()
+            else:
+                return "http_error", f"more than {MAX_REDIRECTS} redirects from {self._url}"
+        except (httpx.TimeoutException, DeadlinePassedError) as exc:
             return "timeout", type(exc).__name__
         except httpx.TransportError as exc:
             return "connection_error", type(exc).__name__
-        if response.status_code != 200:
-            return "http_error", f"HTTP {response.status_code} from {self._url}"
+        except BodyTooLargeError as exc:
+            size = format_size(self._max_size)
+            return "invalid_response", f"the document {exc} (--version.max-response-size={size})"
+        except BodyError as exc:
+            return "invalid_response", f"the document: {exc}"
         try:
-            self.current = parse_packument(response.content, self._wall_clock())
+            self.current = parse_packument(body, self._wall_clock())
         except ValueError as exc:
             return "invalid_response", str(exc)
         return "success", ""

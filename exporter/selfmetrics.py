@@ -38,6 +38,11 @@ class ExporterMetrics:
         self.polls = Counter(
             "letta_exporter_polls", "Polls of the Letta API by result.", ["result"], registry=r
         )
+        self.polls_skipped = Counter(
+            "letta_exporter_polls_skipped",
+            "Polls not started because the previous one was still running.",
+            registry=r,
+        )
         self.api_requests = Counter(
             "letta_exporter_api_requests",
             "Requests to the Letta API by HTTP status code, or timeout / connection_error.",

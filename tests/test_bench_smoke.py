@@ -7,8 +7,12 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from bench.__main__ import main
 from bench.report import verdicts
+
+pytestmark = pytest.mark.slow
 
 SERVERS = {"exporter", "floor", "usual"}
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import Secret, load_config, parse_duration
+from exporter.config import Secret, load_config, parse_duration, parse_size
 from exporter.errors import ConfigError
 from exporter.simulator import LATEST_RELEASE, SimulatorHTTPServer
 from tests.conftest import API_KEY, ROOT, exporter_process, require_tool, wait_until
@@ -82,6 +82,33 @@ def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("8MiB", 8 << 20), ("8MB", 8 << 20), ("512KiB", 512 << 10), ("1GiB", 1 << 30), ("4096", 4096)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "x", "8 TiB", "-1", "0", "1.5MiB", "8mib"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+def test_the_caps_default_with_margin_and_come_from_flags_or_the_file(tmp_path: Path) -> None:
+    defaults = load_config([], {"LETTA_API_KEY": "k"}).config
+    assert defaults.max_response_size == 8 << 20 and defaults.max_rows == 200_000
+    assert defaults.version_max_response_size == 16 << 20
+    config_file = tmp_path / "config.yml"
+    config_file.write_text("letta:\n  max-response-size: 2MiB\nversion.max-response-size: 1MiB\n")
+    config = load_config(
+        [f"--config.file={config_file}", "--letta.max-rows=5000"], {"LETTA_API_KEY": "k"}
+    ).config
+    assert config.max_response_size == 2 << 20 and config.max_rows == 5000
+    assert config.version_max_response_size == 1 << 20
+
+
 @pytest.mark.parametrize("text", ["", "x", "10 s", "5y", "-3", "0", "1m-2s", "inf", "nan"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
@@ -133,7 +160,7 @@ def test_defaults() -> None:
     assert config.base_url == "https://api.letta.com" and config.listen_address == ":8377"
     assert config.poll_interval == 60 and config.page_size == 100
     assert config.online_threshold == 120 and config.environment_max == 100_000
-    assert config.effective_max_data_age == 600 and config.effective_poll_timeout == 60
+    assert config.effective_max_data_age == 600 and config.effective_poll_timeout == 55
     assert config.collector_environment and config.environment_extra_labels == ()
 
 
@@ -170,6 +197,13 @@ def test_api_key_from_a_file_and_never_in_reprs(tmp_path: Path) -> None:
         (["--no-such-flag"], {"LETTA_API_KEY": "k"}, "unrecognized arguments"),
         (["--letta.source=cloud"], {"LETTA_API_KEY": "k"}, "must be one of local, remote"),
         (["--collector.environment.extra-labels=home"], {"LETTA_API_KEY": "k"}, "unknown label"),
+        (["--letta.max-response-size=lots"], {"LETTA_API_KEY": "k"}, "invalid size 'lots'"),
+        (["--letta.max-rows=0"], {"LETTA_API_KEY": "k"}, "--letta.max-rows: must be at least 1"),
+        (
+            ["--letta.page-size=1000", "--letta.max-response-size=512KiB"],
+            {"LETTA_API_KEY": "k"},
+            "--letta.max-response-size: too small for pages of --letta.page-size=1000 rows",
+        ),
     ],
 )
 def test_bad_configuration_is_one_line_exit_2_no_traceback(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import email.utils
+import gzip
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -339,6 +340,69 @@ def test_invalid_rows_are_reported_per_page_not_raised() -> None:
     assert [c.id for c in fetched.page.connections] == ["a"]
     assert len(fetched.page.invalid) == 1
     assert fetched.received_at == NOW
+
+
+def test_a_page_with_more_rows_than_asked_is_accepted_but_rows_are_bounded_per_poll() -> None:
+    def pages(last: int) -> Callable[[httpx.Request], httpx.Response]:
+        def handler(request: httpx.Request) -> httpx.Response:
+            page = int(request.url.params.get("after", "p0-0")[1:].split("-")[0]) + 1
+            return _page([f"p{page}-{i:03d}" for i in range(300)], page < last)  # limit: 100
+
+        return handler
+
+    assert len(_ids(_client(pages(3), page_size=100, max_rows=1000))) == 900
+    with pytest.raises(PaginationError, match=r"more than --letta.max-rows=1000 rows \(1200 with"):
+        _ids(_client(pages(10), page_size=100, max_rows=1000))
+
+
+def test_a_flood_of_json_values_is_refused_before_decoding() -> None:
+    codes: list[str] = []
+    body = b'{"connections": [' + b"{}," * 400_000 + b'{}], "hasNextPage": false}'
+    client = _client(
+        lambda r: httpx.Response(200, content=body), codes=codes, max_response_size=2 << 20
+    )
+    with pytest.raises(
+        InvalidResponseError,
+        match=r"holds 800006 JSON values; real rows filling --letta.max-response-size=2MiB "
+        r"hold at most 262144$",
+    ):
+        _ids(client)
+    assert codes == ["200"]  # not retried
+
+
+def test_an_answer_over_the_cap_is_cut_off_and_not_retried() -> None:
+    codes: list[str] = []
+    body = gzip.compress(b'{"connections": [' + b" " * (3 << 20) + b'], "hasNextPage": false}')
+    client = _client(
+        lambda r: httpx.Response(200, headers={"content-encoding": "gzip"}, stream=_Stream(body)),
+        codes=codes,
+        max_response_size=1 << 20,
+    )
+    with pytest.raises(InvalidResponseError, match=r"inflates to more than 1MiB \(--letta.max"):
+        _ids(client)
+    assert codes == ["200"]
+
+
+def test_an_error_page_is_read_only_when_small() -> None:
+    stream = _Stream(b"x" * (10 << 20))
+    client = _client(lambda r: httpx.Response(404, stream=stream))
+    with pytest.raises(HTTPStatusError, match="HTTP 404"):
+        _ids(client)
+    assert stream.sent <= 64 * 1024 + 64 * 1024  # the limit, and one chunk
+
+
+class _Stream(httpx.SyncByteStream):
+    """A body streamed in 64 KiB chunks, counting what was taken."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for start in range(0, len(self.data), 64 * 1024):
+            chunk = self.data[start : start + 64 * 1024]
+            self.sent += len(chunk)
+            yield chunk
 
 
 def test_the_api_key_is_not_in_the_client_repr() -> None:

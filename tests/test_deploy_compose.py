@@ -150,6 +150,14 @@ def test_every_bind_mount_and_build_context_exists_in_the_repository() -> None:
             assert (context / build["dockerfile"]).is_file(), f"{name}: no Dockerfile at {context}"
 
 
+def test_the_exporter_memory_limit_is_the_kubernetes_one() -> None:
+    deployment = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text())
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert services()["exporter"]["mem_limit"] == f"{limit.removesuffix('Mi')}m"
+
+
 def test_images_are_pinned_to_a_version() -> None:
     for name, service in services().items():
         image = service["image"]

@@ -23,8 +23,8 @@ import yaml
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT
-from exporter.simulator import start_simulator
-from tests.conftest import ROOT, exporter_process, require_tool
+from tests.conftest import ROOT, exporter_process, require_tool, wait_until
+from tests.hostile import HostileServer
 
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 GENERATOR = K8S_DIR / "generate_prometheusrule.py"
@@ -149,23 +149,46 @@ def peak_rss_bytes(pid: int) -> tuple[int, int]:
 
 
 def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
-    """The exporter polling and serving that many environments stays within the limit, and
-    settles within the request."""
+    """The exporter polling and serving that many environments settles within the request, and
+    stays within the limit even when the API and the registry then send the costliest answers
+    the caps let in."""
     resources = container()["resources"]
-    server = start_simulator(fleet_size=SIZED_FOR_ENVIRONMENTS, churn=False)
+    server = HostileServer(fleet_size=SIZED_FOR_ENVIRONMENTS)
     try:
         with exporter_process(
-            "--letta.poll-interval=2s", "--letta.poll-jitter=0s", env={"LETTA_BASE_URL": server.url}
+            "--letta.poll-interval=2s",
+            "--letta.poll-jitter=0s",
+            f"--version.registry-url={server.url}/registry",
+            "--version.refresh-interval=2s",
+            env={"LETTA_BASE_URL": server.url},
         ) as exporter:
             for _ in range(3):  # more polls and full scrapes: the peak of steady operation
                 body = httpx.get(exporter.url + "/metrics", timeout=30).text
                 time.sleep(2)
-            resident, peak = peak_rss_bytes(exporter.process.pid)
+            resident, _ = peak_rss_bytes(exporter.process.pid)
+            server.mode, server.registry_mode = "string_flood", "gzip_bomb"
+            wait_until(
+                lambda: (
+                    _count(exporter.url, "letta_exporter_polls_total", "pagination_error")
+                    and _count(
+                        exporter.url, "letta_exporter_release_lookups_total", "invalid_response"
+                    )
+                ),
+                60,
+                "a refused page and a refused registry document",
+            )
+            _, peak = peak_rss_bytes(exporter.process.pid)
     finally:
         server.close()
     assert body.count("letta_environment_connected{") == SIZED_FOR_ENVIRONMENTS
     assert peak < quantity_bytes(resources["limits"]["memory"]), f"peak {peak >> 20} MiB"
     assert resident < quantity_bytes(resources["requests"]["memory"]), f"{resident >> 20} MiB"
+
+
+def _count(url: str, name: str, result: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=30).text
+    match = re.search(rf'^{name}{{result="{result}"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 def test_probe_paths_answer_200_on_a_live_exporter() -> None:

@@ -25,19 +25,9 @@ T_MS = int(FIXTURE_TIME * 1000)
 
 
 def _connection(**overrides: Any) -> Connection:
-    row = {
-        "id": "e",
-        "connectedAt": T_MS,
-        "connectionId": "c",
-        "connectionName": "n",
-        "deviceId": "d",
-        "firstSeenAt": 0,
-        "lastHeartbeat": T_MS,
-        "lastSeenAt": T_MS,
-        "organizationId": "o",
-        "podId": None,
-        **overrides,
-    }
+    """A leased row whose heartbeat arrived as its page did, with ``overrides``."""
+    fresh = {"connectedAt": T_MS, "connectionId": "c", "lastHeartbeat": T_MS, "lastSeenAt": T_MS}
+    row = upstream_row(**{**fresh, **overrides})
     return Connection.model_validate_json(json.dumps(row))
 
 

@@ -26,9 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.client import EnvironmentsClient
 from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
-from exporter.simulator import SimulatedFleet, SimulatorHTTPServer
+from exporter.simulator import LATEST_RELEASE, SimulatedFleet, SimulatorHTTPServer
 from exporter.store import PublishedFleet, Store
 from tests.conftest import API_KEY, exporter_process, free_port, make_config, wait_until
+from tests.hostile import HostileServer
 
 FLEET = 60  # the `simulator` fixture's fleet: 3 pages of 25, 25 and 10 rows
 FAULT_POLLS = 3
@@ -395,15 +396,95 @@ def test_a_poll_that_is_still_running_makes_the_next_one_skip_not_overlap(
         started = time.monotonic()
         with caplog.at_level(logging.WARNING, logger="exporter"):
             assert rig.poller.poll_once() is False
-        assert time.monotonic() - started < 0.1  # skipped at once, not queued behind the first
-        assert [r.getMessage() for r in caplog.records] == [
-            "a poll is still running; this one is skipped"
-        ]
+            assert time.monotonic() - started < 0.1  # skipped at once, not queued behind it
+            assert rig.poller.poll_once() is False  # the next tick: counted, not logged again
+        messages = [r.getMessage() for r in caplog.records]
+        assert len(messages) == 1, messages
+        assert re.fullmatch(
+            r"a poll is still running after \d+\.\ds \(interval 60s\); polls are skipped "
+            r"until it ends",
+            messages[0],
+        )
+        assert _value(rig.metrics, "letta_exporter_polls_skipped_total") == 2
         first.join(10)
         assert results == [True]
         assert simulator.fleet.requests == 3  # the first poll's three pages, nothing else
         assert _value(rig.metrics, "letta_exporter_polls_total", result="success") == 1
         assert sum(_codes(rig.metrics).values()) == 3
+
+
+# --- a body that trickles in: the poll still ends by its deadline ----------------------------
+
+TRICKLE_EVERY = 0.1  # a byte every 100 ms: a 0.5 s read timeout never fires
+TRICKLE_DEADLINE = 1.0
+
+
+def test_a_trickling_answer_cannot_hold_a_poll_past_its_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="exporter")
+    server = HostileServer()
+    server.trickle_every = TRICKLE_EVERY
+    try:
+        with _rig(server.url, poll_timeout=TRICKLE_DEADLINE, request_timeout=0.5) as rig:
+            assert rig.poller.poll_once()
+            good_fleet = rig.state.fleet
+            server.mode = "trickle"  # a good page of ~42 KB, sent a byte at a time
+            results: list[bool] = []
+            poll = threading.Thread(target=lambda: results.append(rig.poller.poll_once()))
+            poll.start()
+            poll.join(30)  # far past the deadline: the trickle would last over an hour
+            assert results == [False]
+            assert rig.state.fleet is good_fleet
+            assert _value(rig.metrics, "letta_exporter_polls_total", result="timeout") == 1
+            assert _value(rig.metrics, "letta_exporter_up") == 0
+            # The poll's own record of its length: the deadline, and no read timeout more.
+            duration = _value(rig.metrics, "letta_exporter_poll_duration_seconds")
+            assert TRICKLE_DEADLINE <= duration < TRICKLE_DEADLINE + 1.0
+            # The request is cut at the next byte after the deadline: the server gets to send
+            # about deadline / interval bytes (ten), never the ~42,000 of the page.
+            wait_until(server.trickle_cut.is_set, 10, "the trickle cut off")
+            assert 0 < server.trickled <= 3 * TRICKLE_DEADLINE / TRICKLE_EVERY
+            wait_until(lambda: _codes(rig.metrics)["timeout"] == 1, 10, "the request counted")
+        assert [r.getMessage() for r in caplog.records] == [
+            "poll failed (timeout): the poll's deadline passed while page 1 was arriving; "
+            "serving the last good fleet"
+        ]
+    finally:
+        server.close()
+
+
+def test_the_real_cli_against_a_trickle_times_polls_out_without_scheduler_warnings() -> None:
+    server = HostileServer()
+    server.mode = "trickle"
+    try:
+        with exporter_process(
+            f"--letta.base-url={server.url}",
+            "--letta.poll-interval=1s",
+            "--letta.request-timeout=5s",
+            ready=False,
+        ) as running:
+
+            def timeouts() -> float:
+                response = httpx.get(f"{running.url}/metrics", timeout=5)
+                return sum(
+                    s.value
+                    for s in _samples(response.text)
+                    if s.name == "letta_exporter_polls_total" and s.labels["result"] == "timeout"
+                )
+
+            wait_until(lambda: timeouts() >= 4, 30, "four polls timed out")
+            log = running.log()
+        lines = [line for line in log.splitlines() if "level=" in line]
+        assert not [line for line in lines if "apscheduler" in line or "skipped" in line], lines
+        failed = [line for line in lines if "poll failed" in line]
+        assert len(failed) == 1, lines  # once for the streak
+        assert (
+            "poll failed (timeout): the poll's deadline passed while page 1 was arriving"
+            in (failed[0])
+        )
+    finally:
+        server.close()
 
 
 # --- connection refused and connect timeouts: the upstream host goes away --------------------
@@ -529,3 +610,147 @@ def test_the_real_cli_keeps_serving_through_a_fault_and_recovers_within_one_inte
         wait_until(lambda: scrape()["up"] == 1, 10, "the recovery", interval=0.05)
         assert time.monotonic() - recovered_at < 1.0 + 0.1 + 0.5  # interval + jitter + slack
         assert "poll recovered after http_error" in running.log()
+
+
+# --- hostile answers: the exporter's memory stays bounded whatever the upstream sends ---------
+
+# No case may push the exporter's peak RSS (`VmHWM`) past this. Measured with the caps: 53 to
+# 144 MiB. Before the caps, the same answers took it to 1,239 MiB (gzip bomb), 2,097 MiB
+# (endless answer), 498 MiB (value flood), 285 MiB (string flood), 836 MiB (row flood),
+# 4,077 MiB (registry bomb); the endless answer and the string flood even counted as successful
+# polls and replaced the last good fleet with an empty one.
+PEAK_BOUND_MIB = 200
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One hostile answer: the server's mode, the flags, what the exporter must count and log."""
+
+    name: str
+    mode: str
+    counter: tuple[str, str]  # (metric, result) that counts the failure
+    log: str  # the ERROR or WARNING line naming it
+    args: tuple[str, ...] = ()
+    registry: bool = False
+
+
+HOSTILE = [
+    Hostile(
+        "gzip bomb: 1 MiB that inflates to 1 GiB of valid JSON",
+        "gzip_bomb",
+        ("letta_exporter_polls_total", "invalid_response"),
+        r"poll failed \(invalid_response\): the answer from /v1/environments inflates to more "
+        r"than 8MiB \(--letta.max-response-size=8MiB\); serving the last good fleet",
+    ),
+    Hostile(
+        "endless plain answer: 1 GiB with no Content-Length",
+        "endless",
+        ("letta_exporter_polls_total", "invalid_response"),
+        r"poll failed \(invalid_response\): the answer from /v1/environments is more than "
+        r"8MiB \(--letta.max-response-size=8MiB\); serving the last good fleet",
+    ),
+    Hostile(
+        "value flood: 2.8 million empty rows in 8 MiB",
+        "value_flood",
+        ("letta_exporter_polls_total", "invalid_response"),
+        r"poll failed \(invalid_response\): the answer from /v1/environments holds \d+ JSON "
+        r"values; real rows filling --letta.max-response-size=8MiB hold at most 1048576; "
+        r"serving the last good fleet",
+    ),
+    Hostile(
+        "string flood: 930,000 short strings, the costliest page the value count lets by",
+        "string_flood",
+        ("letta_exporter_polls_total", "pagination_error"),
+        r"poll failed \(pagination_error\): more than --letta.max-rows=200000 rows \(\d+ "
+        r"with page 1\); serving the last good fleet",
+    ),
+    Hostile(
+        "row flood: pages of 4,000 rows whatever the limit, without end",
+        "row_flood",
+        ("letta_exporter_polls_total", "pagination_error"),
+        r"poll failed \(pagination_error\): more than --letta.max-rows=20000 rows \(24000 with "
+        r"page 6\); serving the last good fleet",
+        args=("--letta.max-rows=20000",),
+    ),
+    Hostile(
+        "registry bomb: an npm document that inflates to 1 GiB",
+        "gzip_bomb",
+        ("letta_exporter_release_lookups_total", "invalid_response"),
+        r"release lookup failed \(invalid_response\): the document inflates to more than 16MiB "
+        rf"\(--version.max-response-size=16MiB\); keeping {re.escape(LATEST_RELEASE)}",
+        args=("--version.refresh-interval=1s",),
+        registry=True,
+    ),
+]
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=[case.name for case in HOSTILE])
+def test_a_hostile_answer_is_cut_off_and_memory_stays_bounded(case: Hostile) -> None:
+    server = HostileServer()
+    try:
+        registry = (f"--version.registry-url={server.url}/registry",) if case.registry else ()
+        with exporter_process(
+            f"--letta.base-url={server.url}",
+            "--letta.poll-interval=1s",
+            "--letta.max-retries=0",
+            *registry,
+            *case.args,
+        ) as running:
+
+            def scrape() -> list[Any]:
+                response = httpx.get(f"{running.url}/metrics", timeout=5)
+                assert response.status_code == 200
+                return _samples(response.text)
+
+            def value(samples: list[Any], name: str, **labels: str) -> float:
+                return sum(
+                    s.value
+                    for s in samples
+                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+                )
+
+            def latest(samples: list[Any]) -> set[tuple[str, str]]:
+                return {
+                    (s.labels["version"], s.labels["source"])
+                    for s in samples
+                    if s.name == "letta_environments_latest_version_info"
+                }
+
+            good = wait_until(
+                lambda: (s := scrape()) and value(s, "letta_environments") == FLEET and s,
+                20,
+                "a good poll",
+            )
+            if case.registry:
+                assert latest(good) == {(LATEST_RELEASE, "registry")}
+                server.registry_mode = case.mode
+            else:
+                server.mode = case.mode
+            metric, result = case.counter
+            wait_until(
+                lambda: value(scrape(), metric, result=result) >= 1, 60, f"{metric}{{{result}}}"
+            )
+            samples = scrape()
+            assert value(samples, "letta_environments") == FLEET  # the last good fleet, kept
+            assert value(samples, "letta_exporter_up") == (1 if case.registry else 0)
+            if case.registry:
+                assert latest(samples) == {(LATEST_RELEASE, "registry")}  # the last good answer
+                assert value(samples, "letta_exporter_polls_total", result="success") >= 2
+            lines = [
+                line
+                for line in running.log().splitlines()
+                if "level=error" in line or "level=warn" in line
+            ]
+            assert any(re.search(case.log, line) for line in lines), lines
+            peak = _peak_rss_mib(running.process.pid)
+            assert peak < PEAK_BOUND_MIB, f"peak RSS {peak:.0f} MiB"
+    finally:
+        server.close()

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exporter.models import Connection, InvalidJSONError, ValidationError, parse_page
+from tests.fleet import upstream_row
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "reference"  # copies of the API reference pages
 
 
-def _row(**overrides: object) -> dict[str, object]:
-    row: dict[str, object] = {
-        "id": "env-1",
-        "connectedAt": None,
-        "connectionId": None,
-        "connectionName": "n",
-        "deviceId": "d",
-        "firstSeenAt": 1,
-        "lastHeartbeat": None,
-        "lastSeenAt": 2,
-        "organizationId": "o",
-        "podId": None,
-    }
-    row.update(overrides)
-    return row
+def _row(**overrides: Any) -> dict[str, Any]:
+    return upstream_row("env-1", **{"firstSeenAt": 1, "lastSeenAt": 2, **overrides})
 
 
 def test_reference_example_parses_field_for_field() -> None:

@@ -58,7 +58,9 @@ def _page(*rows: dict[str, Any], more: bool = False) -> Callable[[httpx.Request]
     )
 
 
-def _poller(upstream: Upstream, **config: Any) -> tuple[Poller, Store, ExporterMetrics]:
+def _poller(
+    upstream: Upstream, wall_clock: Callable[[], float] | None = None, **config: Any
+) -> tuple[Poller, Store, ExporterMetrics]:
     cfg = make_config(max_retries=0, **config)
     metrics = ExporterMetrics(cfg.poll_interval, process=False)
     state = Store()
@@ -67,6 +69,7 @@ def _poller(upstream: Upstream, **config: Any) -> tuple[Poller, Store, ExporterM
         transport=httpx.MockTransport(upstream),
         observe=metrics.observe_request,
         sleep=lambda s: None,
+        **({"wall_clock": wall_clock} if wall_clock else {}),
     )
     return Poller(cfg, client, state, metrics), state, metrics
 
@@ -95,7 +98,9 @@ def test_states_are_evaluated_with_the_clock_at_fetch_time() -> None:
                 _row("gone", now_ms, connected=False),
             )
         )
-        poller, state, metrics = _poller(upstream)
+        # Pages arrive on the client's worker thread, where freezegun shows the real time.
+        fetched_at = time.time()
+        poller, state, metrics = _poller(upstream, wall_clock=lambda: fetched_at)
         assert poller.poll_once()
         assert _states(state) == {"online": 1, "stale": 2, "offline": 1}
         assert metric_value(metrics, "letta_exporter_last_success_timestamp_seconds") == time.time()

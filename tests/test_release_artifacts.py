@@ -11,12 +11,15 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 
 from exporter import __version__
 from exporter.simulator import SimulatorHTTPServer
 from tests.artifacts import Artifacts, outside_environment, source_files
 from tests.conftest import API_KEY, ROOT
+
+pytestmark = pytest.mark.slow
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]

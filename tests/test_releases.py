@@ -60,6 +60,7 @@ class FakeRegistry(ThreadingHTTPServer):
             }
         ).encode()
         self.paths: list[str] = []
+        self.redirect_body: bytes | None = None  # a redirect to /moved with this body, first
         super().__init__(("127.0.0.1", 0), _RegistryHandler)
 
     @property
@@ -72,6 +73,13 @@ class _RegistryHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.paths.append(self.path)
+        if self.server.redirect_body is not None and self.path != "/moved":
+            self.send_response(302)
+            self.send_header("Location", "/moved")
+            self.send_header("Content-Length", str(len(self.server.redirect_body)))
+            self.end_headers()
+            self.wfile.write(self.server.redirect_body)
+            return
         self.send_response(self.server.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.server.body)))
@@ -123,7 +131,13 @@ def test_lookup_reads_latest_and_release_dates(registry: FakeRegistry) -> None:
         (404, b'{"error": "not found"}', "http_error"),
         (200, b"<html>captive portal</html>", "invalid_response"),
         (200, b'{"dist-tags": {}}', "invalid_response"),
+        (
+            200,
+            b'{"dist-tags": {"latest": "9.9.9"}, "x": "' + b"y" * (17 << 20) + b'"}',
+            "invalid_response",
+        ),
     ],
+    ids=["503", "404", "not JSON", "no latest", "over --version.max-response-size"],
 )
 def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(
     registry: FakeRegistry,
@@ -146,6 +160,18 @@ def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(
     assert lookup.current is good
     assert metric_value(metrics, "letta_exporter_release_lookups_total", result=result) == 2
     assert len([r for r in caplog.records if "release lookup failed" in r.getMessage()]) == 1
+
+
+def test_a_redirect_is_followed_without_reading_its_body(registry: FakeRegistry) -> None:
+    registry.redirect_body = b"x" * (1 << 20)  # never read: only a small error page would be
+    metrics = ExporterMetrics(60, process=False)
+    lookup = _lookup(registry, metrics)
+    try:
+        assert lookup.refresh()
+    finally:
+        lookup.close()
+    assert registry.paths == ["/@letta-ai%2Fletta-code", "/moved"]
+    assert lookup.current is not None and lookup.current.latest == "1.4.2"
 
 
 def test_an_unreachable_registry_is_a_connection_error() -> None:
