@@ -17,8 +17,12 @@ from grafana_foundation_sdk.builders import bargauge, heatmap, prometheus, stat,
 from grafana_foundation_sdk.builders import dashboard as grafana
 from grafana_foundation_sdk.builders import table as tables
 from grafana_foundation_sdk.builders import timeseries as series
-from grafana_foundation_sdk.builders.common import ReduceDataOptions, StackingConfig
-from grafana_foundation_sdk.builders.common import VizLegendOptions, VizTooltipOptions
+from grafana_foundation_sdk.builders.common import (
+    ReduceDataOptions,
+    StackingConfig,
+    VizLegendOptions,
+    VizTooltipOptions,
+)
 from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
@@ -62,9 +66,7 @@ def recorded(name: str, *matchers: str) -> str:
 
 
 def query(expr: str, legend: str = "__auto", *, instant: bool = False, table: bool = False) -> Any:
-    target = (
-        prometheus.Dataquery().expr(expr).legend_format(legend).datasource(DATASOURCE)
-    )
+    target = prometheus.Dataquery().expr(expr).legend_format(legend).datasource(DATASOURCE)
     target = target.instant() if instant or table else target.range()
     return target.format(prom.PromQueryFormat.TABLE) if table else target
 
@@ -104,7 +106,9 @@ def runbooks(bundle: Bundle, *alerts: str) -> list[grafana.DashboardLink]:
     ]
 
 
-def common_fields(panel: Any, title: str, description: str, unit: str, targets: Sequence[Any]) -> Any:
+def common_fields(
+    panel: Any, title: str, description: str, unit: str, targets: Sequence[Any]
+) -> Any:
     panel = panel.title(title).description(description).unit(unit).datasource(DATASOURCE)
     for index, target in enumerate(targets):
         panel = panel.with_target(target.ref_id(chr(ord("A") + index)))
@@ -164,7 +168,11 @@ def graph(
         .show_points(common.VisibilityMode.NEVER)
         .fill_opacity(60 if stacked else 10)
         .legend(legend)
-        .tooltip(VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING))
+        .tooltip(
+            VizTooltipOptions()
+            .mode(common.TooltipDisplayMode.MULTI)
+            .sort(common.SortOrder.DESCENDING)
+        )
     )
     if stacked:
         panel = panel.stacking(StackingConfig().mode(common.StackingMode.NORMAL))
@@ -316,9 +324,11 @@ def fleet_overview(bundle: Bundle) -> Any:
 
     connected = recorded(rules.CONNECTED_SUM)
     buckets = fleet("letta_environments_heartbeat_age_seconds_bucket", "le")
-    stalest = "topk(20,\n" + with_names(
-        s, heartbeat_age(s), "connection_name", "device_id", "os", "mode", "version"
-    ) + "\n)"
+    stalest = (
+        "topk(20,\n"
+        + with_names(s, heartbeat_age(s), "connection_name", "device_id", "os", "mode", "version")
+        + "\n)"
+    )
     in_use = fleet("letta_environments", "version", 'state!="offline"')
     now = [
         stat_panel(
@@ -609,7 +619,10 @@ def fleet_overview(bundle: Bundle) -> Any:
             "Connected environments by the major version of their Node.js runtime: runtime "
             "drift next to Letta Code's own.",
             "short",
-            query(fleet("letta_environments_node_major", "major", 'state!="offline"'), "Node {{major}}"),
+            query(
+                fleet("letta_environments_node_major", "major", 'state!="offline"'),
+                "Node {{major}}",
+            ),
             width=24,
             height=7,
             stacked=True,
@@ -1006,4 +1019,3 @@ def dashboard_document(bundle: Bundle, uid: str) -> dict[str, Any]:
     """The dashboard ``uid`` as plain JSON data."""
     document: dict[str, Any] = json.loads(json.dumps(BUILDERS[uid](bundle), cls=JSONEncoder))
     return document
-

@@ -119,8 +119,7 @@ max {s.without()} (
         (CONNECTED_SUM, f"sum without (state) ({BY_STATE}{{{CONNECTED}}})"),
         (
             OUTDATED_RATIO,
-            f"sum without (state) ({OUTDATED_BY_STATE}{{{CONNECTED}}})\n"
-            f"  / ({CONNECTED_SUM} > 0)",
+            f"sum without (state) ({OUTDATED_BY_STATE}{{{CONNECTED}}})\n  / ({CONNECTED_SUM} > 0)",
         ),
         (
             UNRESTRICTED,

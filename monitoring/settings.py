@@ -104,9 +104,7 @@ PARAMETERS: dict[str, dict[str, Parser]] = {
 }
 # The keys of COMMON and PARAMETERS whose values are used as text, never computed with: the
 # mixin lets jsonnet put these in (`$._config`), so overriding them there takes effect.
-TEXT_PARAMETERS = frozenset(
-    {"severity", "for", "window", "compare_offset", "lookback", "selector"}
-)
+TEXT_PARAMETERS = frozenset({"severity", "for", "window", "compare_offset", "lookback", "selector"})
 
 
 @dataclass(frozen=True)
@@ -213,9 +211,7 @@ def check_config(config: Mapping[str, Any]) -> Bundle:
         checked[name] = values
     if errors:
         raise ConfigError("invalid configuration: " + "; ".join(errors))
-    settings = Settings(
-        base_url, job_selector, replicas, shards, missed_polls, online_threshold
-    )
+    settings = Settings(base_url, job_selector, replicas, shards, missed_polls, online_threshold)
     return Bundle(settings, checked, copy.deepcopy(dict(config)))
 
 
