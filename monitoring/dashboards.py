@@ -96,13 +96,12 @@ def fixed_colour(colour: str) -> list[model.DynamicConfigValue]:
 
 
 def runbooks(bundle: Bundle, *alerts: str) -> list[grafana.DashboardLink]:
-    """Panel links to the runbooks of ``alerts`` (those enabled)."""
+    """Panel links to the runbooks of ``alerts``."""
     return [
         grafana.DashboardLink(f"Runbook: {name}")
         .url(bundle.settings.runbook(name))
         .target_blank(True)
         for name in alerts
-        if bundle.enabled(name)
     ]
 
 
