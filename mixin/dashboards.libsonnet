@@ -9,7 +9,7 @@
       "templating": {
         "list": [
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "datasource",
             "type": "datasource",
             "name": "datasource",
             "hide": 0,
@@ -23,7 +23,7 @@
             "auto_count": 30,
           },
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "job",
             "type": "query",
             "name": "job",
             "hide": 0,
@@ -43,7 +43,7 @@
             "auto_count": 30,
           },
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "instance",
             "type": "query",
             "name": "instance",
             "hide": 0,
@@ -1962,7 +1962,7 @@
       "templating": {
         "list": [
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "datasource",
             "type": "datasource",
             "name": "datasource",
             "hide": 0,
@@ -1976,7 +1976,7 @@
             "auto_count": 30,
           },
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "job",
             "type": "query",
             "name": "job",
             "hide": 0,
@@ -1996,7 +1996,7 @@
             "auto_count": 30,
           },
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "instance",
             "type": "query",
             "name": "instance",
             "hide": 0,
@@ -2017,7 +2017,7 @@
             "auto_count": 30,
           },
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "environment",
             "type": "query",
             "name": "environment",
             "hide": 0,
@@ -2037,7 +2037,7 @@
             "auto_count": 30,
           },
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "online_threshold",
             "type": "textbox",
             "name": "online_threshold",
             "hide": 0,
@@ -3119,7 +3119,7 @@
       "templating": {
         "list": [
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "datasource",
             "type": "datasource",
             "name": "datasource",
             "hide": 0,
@@ -3133,7 +3133,7 @@
             "auto_count": 30,
           },
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "job",
             "type": "query",
             "name": "job",
             "hide": 0,
@@ -3153,7 +3153,7 @@
             "auto_count": 30,
           },
           {
-            "id": "00000000-0000-0000-0000-000000000000",
+            "id": "instance",
             "type": "query",
             "name": "instance",
             "hide": 0,

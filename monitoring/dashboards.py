@@ -233,6 +233,7 @@ def variables(bundle: Bundle, *, environment: bool = False) -> list[Builder[mode
     def query_variable(name: str, label: str, definition: str) -> grafana.QueryVariable:
         return (
             grafana.QueryVariable(name)
+            .id(name)
             .label(label)
             .datasource(DATASOURCE)
             .query(definition)
@@ -243,7 +244,10 @@ def variables(bundle: Bundle, *, environment: bool = False) -> list[Builder[mode
     build_info = bundle.settings.select("letta_exporter_build_info")
     chosen = bundle.settings.select("letta_exporter_build_info", JOB)
     result: list[Builder[model.VariableModel]] = [
-        grafana.DatasourceVariable("datasource").label("Data Source").type("prometheus"),
+        grafana.DatasourceVariable("datasource")
+        .id("datasource")
+        .label("Data Source")
+        .type("prometheus"),
         query_variable("job", "Job", f"label_values({build_info}, job)")
         .include_all(True)
         .multi(True),
@@ -259,6 +263,7 @@ def variables(bundle: Bundle, *, environment: bool = False) -> list[Builder[mode
         result += [
             query_variable("environment", "Environment", f"label_values({info}, environment_id)"),
             grafana.TextBoxVariable("online_threshold")
+            .id("online_threshold")
             .label("Online threshold (s)")
             .description(
                 "The exporter's --letta.online-threshold in seconds: a connected environment "
