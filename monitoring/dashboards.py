@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from grafana_foundation_sdk.builders import bargauge, heatmap, prometheus, stat, statetimeline
 from grafana_foundation_sdk.builders import dashboard as grafana
@@ -50,6 +50,7 @@ DETAIL_LINK = (
     "&${job:queryparam}&${instance:queryparam}&var-environment=${__value.raw}"
     "&${__url_time_range}"
 )
+P = TypeVar("P")
 STATE_COLOURS = {"online": "green", "stale": "red", "offline": "#8e8e8e"}
 GREY = "#8e8e8e"
 COUNTED_AS_ALERTS = (
@@ -95,7 +96,7 @@ def fixed_colour(colour: str) -> list[model.DynamicConfigValue]:
     return [model.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": colour})]
 
 
-def runbooks(bundle: Bundle, *alerts: str) -> list[grafana.DashboardLink]:
+def runbooks(bundle: Bundle, *alerts: str) -> list[Builder[model.DashboardLink]]:
     """Panel links to the runbooks of ``alerts``."""
     return [
         grafana.DashboardLink(f"Runbook: {name}")
@@ -105,13 +106,13 @@ def runbooks(bundle: Bundle, *alerts: str) -> list[grafana.DashboardLink]:
     ]
 
 
-def common_fields(
-    panel: Any, title: str, description: str, unit: str, targets: Sequence[Any]
-) -> Any:
-    panel = panel.title(title).description(description).unit(unit).datasource(DATASOURCE)
+def common_fields(panel: P, title: str, description: str, unit: str, targets: Sequence[Any]) -> P:
+    """What every panel has: title, description, unit, the data source and its queries."""
+    built: Any = panel
+    built = built.title(title).description(description).unit(unit).datasource(DATASOURCE)
     for index, target in enumerate(targets):
-        panel = panel.with_target(target.ref_id(chr(ord("A") + index)))
-    return panel
+        built = built.with_target(target.ref_id(chr(ord("A") + index)))
+    return cast(P, built)
 
 
 def stat_panel(
