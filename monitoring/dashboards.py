@@ -66,7 +66,9 @@ def recorded(name: str, *matchers: str) -> str:
     return f"{name}{{{', '.join((JOB, *matchers))}}}"
 
 
-def query(expr: str, legend: str = "__auto", *, instant: bool = False, table: bool = False) -> Any:
+def query(
+    expr: str, legend: str = "__auto", *, instant: bool = False, table: bool = False
+) -> prometheus.Dataquery:
     target = prometheus.Dataquery().expr(expr).legend_format(legend).datasource(DATASOURCE)
     target = target.instant() if instant or table else target.range()
     return target.format(prom.PromQueryFormat.TABLE) if table else target
