@@ -19,12 +19,15 @@ from exporter.families import (
     BEHIND,
     CACHED,
     LONG_LABEL,
+    MEMORY_BUCKETS,
     NOT_UPGRADABLE_REASONS,
     STATES,
+    UNKNOWN,
     capped,
     current_version,
     gaps,
     node_major,
+    top_models,
     upgrade_blocker,
     view,
 )
@@ -101,6 +104,33 @@ def set_gauges(snapshot: FleetSnapshot, config: Config, registry: CollectorRegis
     node = Gauge("letta_environments_node_major", CACHED, ["major", "state"], registry=r)
     for v in views:
         node.labels(node_major(v.environment.node_version), v.state).inc()
+    machine = Gauge(
+        "letta_environments_machine",
+        CACHED,
+        ["state", "runtime", "arch", "os_name", "os_version"],
+        registry=r,
+    )
+    for v in views:
+        machine.labels(v.state, *v.host).inc()
+    memory = Histogram(
+        "letta_environments_memory_bytes", CACHED, buckets=MEMORY_BUCKETS, registry=r
+    )
+    cpus: Counter[str] = Counter()
+    gpus: Counter[str] = Counter()
+    for v in views:
+        facts = v.environment.machine
+        if not v.connected or facts is None:
+            continue
+        if facts.memory_bytes is not None:
+            memory.observe(facts.memory_bytes)
+        cpus[clean(facts.cpu, 64) if facts.cpu else UNKNOWN] += 1
+        names = {clean(g, 64) or UNKNOWN for g in facts.gpus} if facts.gpus else set()
+        for name in names or {UNKNOWN if facts.gpus is None else "none"}:
+            gpus[name] += 1
+    for name, counts_of in (("cpu", cpus), ("gpu", gpus)):
+        gauge = Gauge(f"letta_environments_{name}", CACHED, [name], registry=r)
+        for model, n in top_models(counts_of):
+            gauge.labels(model).set(n)
 
     info = Gauge(
         "letta_environment_info",
@@ -114,6 +144,10 @@ def set_gauges(snapshot: FleetSnapshot, config: Config, registry: CollectorRegis
             "version",
             "node_version",
             "user_id",
+            "runtime",
+            "arch",
+            "os_name",
+            "os_version",
         ],
         registry=r,
     )
@@ -147,6 +181,7 @@ def set_gauges(snapshot: FleetSnapshot, config: Config, registry: CollectorRegis
             v.version,
             clean(e.node_version, 64) if e.node_version else "unknown",
             clean(e.user_id or "", LONG_LABEL),
+            *v.host,
         ).set(1)
         connected.labels(env_id).set(0 if v.state == "offline" else 1)
         for gauge, attribute in stamps:

@@ -89,3 +89,28 @@ def wants_openmetrics(accept: str) -> bool:
         elif media in ("text/plain", "text/*", "*/*"):
             text = max(text, quality)
     return openmetrics > 0 and openmetrics >= text
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """True when ``Accept-Encoding`` allows gzip: listed (or `*`, when gzip is not) with a
+    non-zero quality; `gzip;q=0` refuses it (RFC 9110, section 12.5.3)."""
+    named: float | None = None
+    wildcard: float | None = None
+    for item in accept_encoding.split(","):
+        coding, *parameters = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        coding = coding.lower()
+        if coding in ("gzip", "x-gzip"):
+            named = max(named or 0.0, quality)
+        elif coding == "*":
+            wildcard = max(wildcard or 0.0, quality)
+    if named is not None:
+        return named > 0
+    return wildcard is not None and wildcard > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from exporter.config import Config
 from exporter.exposition import clean, family, format_value, label_value, labels
 from exporter.models import Connection, SelfUpdate
 from exporter.releases import ReleaseInfo
-from exporter.snapshot import Environment, FleetSnapshot, UpdateAbility
+from exporter.snapshot import Environment, FleetSnapshot, MachineFacts, UpdateAbility
 
 STATES = ("online", "stale", "offline")
 BEHIND = ("major", "minor", "patch", "prerelease")
@@ -29,18 +30,41 @@ UPGRADE_COMMAND = "upgrade-letta-code"
 NOT_UPGRADABLE_REASONS = (
     "desktop_managed",
     "source_checkout",
+    "python_installer",
     "not_writable",
     "unsupported",
     "no_upgrade_command",
     "unknown",
 )
-MODE_ALIASES = {"default": "standard", "bypassPermissions": "unrestricted"}
+MODE_ALIASES = {
+    "default": "standard",
+    "bypassPermissions": "unrestricted",
+    "fullAccess": "unrestricted",
+}
 UNKNOWN = "unknown"
 SHORT_LABEL = 64
 LONG_LABEL = 256
 PATH_LABEL = 1024
 CACHED = "Cached from the last successful poll of the Letta API."
 BATCH = 4096  # environments per piece of rendered text: bounds the text alive beside the bytes
+RUNTIMES = ("desktop", "sandbox", "container", "host", UNKNOWN)
+MEMORY_BUCKETS = tuple(float(2**n * 2**30) for n in range(1, 10))  # 2 GiB .. 512 GiB
+TOP_MODELS = 20  # CPU and GPU models named one by one; the rest are counted as `other`
+_OS_VERSION = re.compile(r"\s*v?([0-9]+(?:\.[0-9]+)?)")
+
+
+class Host(NamedTuple):
+    """The machine labels of an environment: runtime, arch, os_name, os_version."""
+
+    runtime: str
+    arch: str
+    os_name: str
+    os_version: str
+
+
+_UNKNOWN_HOST = {
+    kind: Host(kind, UNKNOWN, UNKNOWN, UNKNOWN) for kind in ("desktop", "sandbox", UNKNOWN)
+}
 
 
 class EnvironmentView(NamedTuple):
@@ -52,6 +76,7 @@ class EnvironmentView(NamedTuple):
     os: str
     mode: str
     version: str
+    host: Host
 
     @property
     def connected(self) -> bool:
@@ -105,10 +130,41 @@ def classify(
     return "online" if age < online_threshold else "stale"
 
 
+def device_kind(device_id: str) -> str:
+    """`desktop` for Letta Code Desktop, `sandbox` for a Letta Cloud sandbox, else `unknown`."""
+    if device_id.startswith("desktop:"):
+        return "desktop"
+    if device_id.startswith("sandbox-"):
+        return "sandbox"
+    return UNKNOWN
+
+
+def os_version_label(version: str | None) -> str:
+    """The first two numeric parts: `15.1.1` -> `15.1`, `10.0.22631` -> `10.0`, `12`."""
+    match = _OS_VERSION.match(version) if version else None
+    return clean(match.group(1), SHORT_LABEL) if match else UNKNOWN
+
+
+def host_labels(kind: str, machine: MachineFacts | None) -> Host:
+    """Where an environment runs: its `device_kind` first, then what `machine` says."""
+    if machine is None:
+        return _UNKNOWN_HOST[kind]
+    if kind == UNKNOWN:
+        kind = "container" if machine.model == "Container" else "host"
+    return Host(
+        kind,
+        _label_or_unknown(machine.architecture),
+        _label_or_unknown(machine.os_name),
+        os_version_label(machine.os_version),
+    )
+
+
 def view(snapshot: FleetSnapshot, online_threshold: float) -> list[EnvironmentView]:
     # Labels repeat across the fleet: normalise each distinct upstream value once.
     plain: dict[str | None, str] = {}
     modes: dict[str | None, str] = {}
+    # Rows share equal machine facts (see SnapshotBuilder): key the labels by that object.
+    hosts: dict[tuple[str, int], Host] = {}
     views = []
     for environment, observed_at in snapshot.observations():
         os_name = environment.os
@@ -123,6 +179,11 @@ def view(snapshot: FleetSnapshot, online_threshold: float) -> list[EnvironmentVi
         mode_label = modes.get(mode)
         if mode_label is None:
             mode_label = modes[mode] = normalise_mode(mode)
+        machine = environment.machine
+        host_key = (device_kind(environment.device_id), id(machine))
+        host = hosts.get(host_key)
+        if host is None:
+            host = hosts[host_key] = host_labels(host_key[0], machine)
         views.append(
             EnvironmentView(
                 environment,
@@ -131,6 +192,7 @@ def view(snapshot: FleetSnapshot, online_threshold: float) -> list[EnvironmentVi
                 os_label,
                 mode_label,
                 version_label,
+                host,
             )
         )
     return views
@@ -201,9 +263,13 @@ def upgrade_blocker(
     """`not_upgradable_reason` from the two facts it depends on."""
     if update is None:
         return "unknown"
-    text = (update.reason or "").lower()
-    if update.supported and update.writable:
+    if update.supported:
+        if not update.writable:  # the reason names the install path: its words say nothing
+            return "not_writable"
         return None if commands and UPGRADE_COMMAND in commands else "no_upgrade_command"
+    text = (update.reason or "").lower()
+    if "python" in text:  # "... managed by a Python package installer." (PyPI `letta`)
+        return "python_installer"
     if "desktop" in text:
         return "desktop_managed"
     if "source" in text or "checkout" in text or "git" in text:
@@ -307,8 +373,8 @@ def upgrade_families(views: list[EnvironmentView], gap_of: dict[str, str | None]
         "letta_environments_not_upgradable",
         "gauge",
         "Outdated, connected environments that cannot upgrade themselves, by reason "
-        f"(desktop_managed, source_checkout, not_writable, unsupported, no_upgrade_command, "
-        f"unknown). {CACHED}",
+        "(desktop_managed, source_checkout, python_installer, not_writable, unsupported, "
+        f"no_upgrade_command, unknown). {CACHED}",
         (("", labels((("reason", r),)), reasons[r]) for r in NOT_UPGRADABLE_REASONS),
     )
 
@@ -333,6 +399,112 @@ def node_major_family(views: list[EnvironmentView]) -> str:
             ("", labels((("major", major), ("state", state))), n)
             for (major, state), n in sorted(counts.items())
         ),
+    )
+
+
+def machine_family(views: list[EnvironmentView]) -> str:
+    """# HELP letta_environments_machine Environments by state and the machine they run on. ...
+    # TYPE letta_environments_machine gauge
+    """
+    counts = Counter((v.state, v.host) for v in views)
+    return family(
+        "letta_environments_machine",
+        "gauge",
+        "Environments by state and the machine they run on (metadata.machine, Letta Code "
+        "0.34+): runtime (desktop, sandbox, container, host, unknown), architecture, OS name "
+        f"and OS version (two numeric parts); unknown when not reported. {CACHED}",
+        (
+            (
+                "",
+                labels(
+                    (
+                        ("state", state),
+                        ("runtime", host.runtime),
+                        ("arch", host.arch),
+                        ("os_name", host.os_name),
+                        ("os_version", host.os_version),
+                    )
+                ),
+                n,
+            )
+            for (state, host), n in sorted(counts.items())
+        ),
+    )
+
+
+def memory_family(views: list[EnvironmentView]) -> str:
+    """# HELP letta_environments_memory_bytes Memory of the machines of connected environments...
+    # TYPE letta_environments_memory_bytes histogram
+    """
+    sizes = sorted(
+        size
+        for v in views
+        if v.connected
+        and v.environment.machine is not None
+        and (size := v.environment.machine.memory_bytes) is not None
+        and math.isfinite(size)
+    )
+    samples: list[tuple[str, str, float]] = []
+    index = 0
+    for bound in MEMORY_BUCKETS:
+        while index < len(sizes) and sizes[index] <= bound:
+            index += 1
+        samples.append(("_bucket", labels((("le", repr(bound)),)), index))
+    samples.append(("_bucket", labels((("le", "+Inf"),)), len(sizes)))
+    samples.append(("_sum", "", sum(sizes)))
+    samples.append(("_count", "", len(sizes)))
+    return family(
+        "letta_environments_memory_bytes",
+        "histogram",
+        "Memory of the machines of connected environments that report it (metadata.machine."
+        f"memoryBytes: the container's limit where that is lower). {CACHED}",
+        samples,
+    )
+
+
+def top_models(counts: Counter[str], limit: int = TOP_MODELS) -> list[tuple[str, int]]:
+    """The ``limit`` most common names by count (then name), the rest summed as `other`."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = sorted(ranked[:limit])
+    rest = sum(n for _, n in ranked[limit:])
+    return [*kept, ("other", rest)] if rest else kept
+
+
+def hardware_families(views: list[EnvironmentView]) -> str:
+    """Connected environments by CPU model and by GPU model, at most `TOP_MODELS` of each.
+
+    # HELP letta_environments_cpu Connected environments by CPU model. ...
+    # TYPE letta_environments_cpu gauge
+    # HELP letta_environments_gpu Connected environments by GPU model. ...
+    # TYPE letta_environments_gpu gauge
+    """
+    by_machine = Counter(
+        machine for v in views if v.connected and (machine := v.environment.machine) is not None
+    )
+    cpus: Counter[str] = Counter()
+    gpus: Counter[str] = Counter()
+    for machine, n in by_machine.items():
+        cpus[_label_or_unknown(machine.cpu)] += n
+        if machine.gpus is None:
+            gpus[UNKNOWN] += n
+        elif not machine.gpus:
+            gpus["none"] += n
+        else:
+            for name in {_label_or_unknown(gpu) for gpu in machine.gpus}:
+                gpus[name] += n
+    return family(
+        "letta_environments_cpu",
+        "gauge",
+        f"Connected environments that report their machine, by CPU model (the {TOP_MODELS} "
+        f"most common; the rest as other). {CACHED}",
+        (("", labels((("cpu", name),)), n) for name, n in top_models(cpus)),
+    ) + family(
+        "letta_environments_gpu",
+        "gauge",
+        "Connected environments that report their machine, by GPU model: an environment "
+        f"counts once for each model it has, none when it has no GPU (the {TOP_MODELS} most "
+        f"common; the rest as other). {CACHED}",
+        (("", labels((("gpu", name),)), n) for name, n in top_models(gpus)),
     )
 
 
@@ -439,7 +611,7 @@ def environment_families(
     # This loop runs once per environment and family: values that repeat across the fleet
     # are escaped once, each line is one f-string, and text is handed over a batch at a time.
     names: dict[str, str] = {}
-    tails: dict[tuple[str | None, ...], str] = {}
+    tails: dict[tuple[object, ...], str] = {}
     with_directory = "working_directory" in extra_labels
     with_branch = "git_branch" in extra_labels
     selectors: list[str] = []
@@ -457,7 +629,7 @@ def environment_families(
             name = names.get(e.connection_name)
             if name is None:
                 name = names[e.connection_name] = label_value(e.connection_name, LONG_LABEL)
-            key: tuple[str | None, ...] = (v.os, v.mode, v.version, e.node_version, e.user_id)
+            key: tuple[object, ...] = (v.os, v.mode, v.version, e.node_version, e.user_id, v.host)
             if with_directory or with_branch:
                 key += (e.working_directory, e.git_branch)
             tail = tails.get(key)
@@ -515,6 +687,10 @@ def _info_tail(v: EnvironmentView, with_directory: bool, with_branch: bool) -> s
         ("version", v.version),
         ("node_version", _label_or_unknown(e.node_version)),
         ("user_id", clean(e.user_id or "", LONG_LABEL)),
+        ("runtime", v.host.runtime),
+        ("arch", v.host.arch),
+        ("os_name", v.host.os_name),
+        ("os_version", v.host.os_version),
     ]
     if with_directory:
         pairs.append(("working_directory", clean(e.working_directory or "", PATH_LABEL)))
@@ -539,6 +715,9 @@ def render_fleet(
         heartbeat_age_family(views, config.heartbeat_buckets),
         node_major_family(views),
         release_timestamp_family(views, releases),
+        machine_family(views),
+        memory_family(views),
+        hardware_families(views),
     ]
     # Written a piece at a time: beside the growing bytes, only one piece of text is alive.
     out = io.BytesIO()

@@ -11,13 +11,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
 __all__ = [
     "Connection",
     "EnvironmentListResponse",
     "InvalidJSONError",
     "LoadedPage",
+    "Machine",
     "Metadata",
     "ParsedPage",
     "SelfUpdate",
@@ -41,6 +50,21 @@ class SelfUpdate(BaseModel):
     reason: str | None = None
 
 
+class Machine(BaseModel):
+    """The host Letta Code runs on (`metadata.machine`, Letta Code 0.34+); every key optional."""
+
+    model_config = _CONFIG
+
+    architecture: str | None = None
+    os_name: str | None = Field(default=None, alias="osName")
+    os_version: str | None = Field(default=None, alias="osVersion")
+    model: str | None = None
+    """`MacBook Pro`, a DMI product name, or exactly `Container` inside a container."""
+    cpu: str | None = None
+    memory_bytes: float | None = Field(default=None, alias="memoryBytes")
+    gpus: tuple[str, ...] | None = Field(default=None, strict=False)
+
+
 class Metadata(BaseModel):
     """Optional facts a Letta Code client reports about itself."""
 
@@ -54,6 +78,25 @@ class Metadata(BaseModel):
     # Lax only so that a JSON list becomes a tuple on the python path; items stay strict str.
     supported_commands: tuple[str, ...] | None = Field(default=None, strict=False)
     working_directory: str | None = Field(default=None, alias="workingDirectory")
+    machine: Machine | None = None
+
+    @field_validator("machine", mode="wrap")
+    @classmethod
+    def _machine_or_none(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """A wrong-typed key costs that fact only, a wrong-typed `machine` all of them; the
+        row itself stays valid (these facts are new and optional)."""
+        if not isinstance(value, dict | Machine):
+            return None
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            if not isinstance(value, dict):
+                return None
+            bad = {error["loc"][0] for error in exc.errors() if error["loc"]}
+            try:
+                return handler({key: v for key, v in value.items() if key not in bad})
+            except ValidationError:
+                return None
 
 
 class Connection(BaseModel):

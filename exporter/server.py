@@ -24,7 +24,12 @@ from typing import Any
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from exporter import __version__, clock
-from exporter.exposition import CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE, wants_openmetrics
+from exporter.exposition import (
+    CONTENT_TYPE,
+    OPENMETRICS_CONTENT_TYPE,
+    accepts_gzip,
+    wants_openmetrics,
+)
 from exporter.poller import FleetState, gzip_member
 from exporter.selfmetrics import ExporterMetrics
 from exporter.webconfig import BasicAuth, TLSContextSource, WebConfig
@@ -150,7 +155,7 @@ class MetricsHandler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0]
         if path == self.server.telemetry_path:
-            gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+            gzipped = accepts_gzip(self.headers.get("Accept-Encoding", ""))
             openmetrics = wants_openmetrics(self.headers.get("Accept", ""))
             body = self.server.body(gzipped, openmetrics)
             extra = {"Vary": "Accept, Accept-Encoding"}

@@ -1,23 +1,40 @@
 """A simulated Letta Environments API: a realistic fleet that changes over time, with faults.
 
 It speaks `GET /v1/environments` exactly as the reference does (cursor `after`, `limit` and
-`onlineOnly` as strings, `source`, `userId`, Bearer auth, epoch-millisecond timestamps), and has
-a small admin API for tests and demos under `/_simulator/`:
+`onlineOnly` as strings, `source`, `userId`, Bearer auth, epoch-millisecond timestamps), and
+behaves as Letta Code and its relay do:
+
+- a machine heartbeats every 30 s while it runs; when it dies the relay clears its lease
+  `lease_timeout` (120 s) after the last heartbeat, so it goes from online to offline; a small
+  share of leases get stuck instead (held, heartbeat old: `stale`);
+- a machine that comes back (a restart, a self-upgrade) often re-registers under a new row
+  `id`; its old row stays, offline, until it ages out `row_ttl` after it was last seen;
+- rows of Letta Code Desktop (`deviceId` `desktop:...`) and Letta Cloud sandboxes
+  (`sandbox-...`) beside CLIs; `metadata.machine` on Letta Code 0.34+ only; clients installed
+  from PyPI, which cannot update themselves.
+
+A small admin API for tests and demos lives under `/_simulator/`:
 
 - `POST /_simulator/faults` `{"status": 503, "count": 3, "retry_after": "1", "latency_ms": 50,
   "truncate": false, "non_json": false, "invalid_rows": 0, "repeat_cursor": false,
   "empty_pages": false, "duplicate_rows": false, "clock_skew_seconds": 0,
   "extra_fields": false}`; `DELETE /_simulator/faults` clears them. `count` limits how many list
   requests the fault applies to (absent: until cleared).
-- `POST /_simulator/silence` `{"fraction": 0.3}` or `{"ids": [...]}`: those environments keep
-  their lease but stop heartbeating; `DELETE /_simulator/silence` lets them heartbeat again.
-- `GET /_simulator/state`: counts by state and the silenced ids.
+- `POST /_simulator/silence` `{"fraction": 0.3}` or `{"ids": [...]}`: a stuck lease: those
+  machines stop heartbeating but the relay never clears their lease;
+  `DELETE /_simulator/silence` lets them heartbeat again.
+- `POST /_simulator/stop` `{"names": [...]}` or `{"ids": [...]}`: those machines die; the relay
+  clears their lease `lease_timeout` later. `DELETE /_simulator/stop` starts them again, each
+  under a new row `id` (the old row stays, offline).
+- `POST /_simulator/hide` `{"names": [...]}`: those machines' rows vanish from the list;
+  `DELETE /_simulator/hide` lists them again.
+- `GET /_simulator/state`: rows by state, the silenced ids, the stopped and hidden machines.
 - `GET /_registry/<package>`: an npm package document of Letta Code's releases (`dist-tags`,
   `time`), so the demo and the tests need no internet.
 
-Each environment's state is a function of the clock: it cycles through online, stale (lease
-held, silent) and offline with its own period and phase, so heartbeats advance and
-environments drop off and come back without a background thread.
+Each machine's state is a function of the clock (and of the switches above): it cycles through
+running and dead with its own period and phase, so heartbeats advance, leases drop and rows
+come and go without a background thread.
 """
 
 from __future__ import annotations
@@ -30,6 +47,8 @@ import random
 import sys
 import threading
 import time
+import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,56 +70,129 @@ _MODES = (
     ("strict", 10),
     ("unrestricted", 8),
     ("bypassPermissions", 4),
-    ("plan", 3),
+    ("fullAccess", 3),
     (None, 11),
 )
 _VERSIONS = (
-    ("0.32.18", 40),
-    ("0.32.17", 18),
-    ("0.32.15", 10),
-    ("0.31.4", 8),
-    ("0.29.0", 4),
-    ("0.32.18-next.1", 3),
-    ("0.33.0-next.2", 2),
+    ("0.34.12", 30),
+    ("0.34.10", 10),
+    ("0.33.4", 12),
+    ("0.32.18", 14),
+    ("0.32.17", 6),
+    ("0.31.4", 5),
+    ("0.29.0", 3),
+    ("0.34.13-next.1", 3),
+    ("0.35.0-next.2", 2),
     (None, 5),
     ("0.28.x-dev", 1),
 )
 RELEASES = {  # version -> publication time, as the npm registry's `time` field has them
     "0.29.0": "2026-07-02T09:12:01.000Z",
     "0.31.4": "2026-08-27T16:40:22.000Z",
-    "0.32.15": "2026-09-18T11:03:45.000Z",
     "0.32.17": "2026-09-22T07:12:47.042Z",
-    "0.32.18-next.1": "2026-09-22T19:30:00.000Z",
     "0.32.18": "2026-09-23T06:25:43.503Z",
-    "0.33.0-next.2": "2026-09-25T08:00:00.000Z",
+    "0.33.4": "2026-10-14T13:02:10.118Z",
+    "0.34.10": "2026-11-12T10:31:05.000Z",
+    "0.34.12": "2026-11-19T08:47:29.731Z",
+    "0.34.13-next.1": "2026-11-24T17:20:00.000Z",
+    "0.35.0-next.2": "2026-11-28T09:00:00.000Z",
 }
-LATEST_RELEASE = "0.32.18"
+LATEST_RELEASE = "0.34.12"
+NEXT_RELEASE = "0.35.0-next.2"
 _NODES = (("v22.11.0", 45), ("v20.18.1", 30), ("v24.1.0", 15), ("v18.20.4", 7), (None, 3))
+# Letta Code's own words (src/updater/auto-update.ts).
+_NPM_COMMAND = "npm install -g @letta-ai/letta-code@latest"
+DESKTOP_UPDATE = {
+    "supported": False,
+    "writable": False,
+    "reason": "Self-update is disabled because this Letta Code runtime is managed by Letta "
+    "Code Desktop.",
+    "manual_command": "Update Letta Code Desktop to upgrade the bundled Letta Code runtime.",
+}
+PYPI_UPDATE = {
+    "supported": False,
+    "writable": True,
+    "reason": "This Letta Code runtime is managed by a Python package installer.",
+    "manual_command": "Upgrade with your installer: uv tool upgrade letta, pipx upgrade letta, "
+    "or python -m pip install --upgrade letta",
+}
 _SELF_UPDATE = (
     ({"supported": True, "writable": True, "install_path": "/usr/local/lib/node_modules"}, 55),
     (
         {
             "supported": True,
             "writable": False,
-            "reason": "install path is not writable",
-            "manual_command": "sudo npm install -g @letta-ai/letta-code@latest",
+            "install_path": "/usr/lib/node_modules",
+            "reason": "Self-update requires write access to /usr/lib/node_modules. Run "
+            f"{_NPM_COMMAND} manually or reinstall Letta Code in a user-writable npm prefix.",
+            "manual_command": _NPM_COMMAND,
         },
         15,
     ),
-    ({"supported": False, "writable": False, "reason": "managed by Letta Desktop"}, 10),
+    (PYPI_UPDATE, 8),
     (
         {
             "supported": False,
             "writable": True,
-            "reason": "running from a source checkout",
-            "manual_command": "git pull && npm install",
+            "reason": "Self-update is disabled for development/source checkouts.",
         },
-        8,
+        6,
     ),
     (None, 12),
 )
 _NAMES = ("macbook", "workstation", "ci-runner", "build-box", "laptop", "devbox", "server")
 _PEOPLE = ("alice", "bob", "carol", "dan", "erin", "frank", "grace", "heidi", "ivan", "judy")
+_KINDS = (("cli", 86), ("desktop", 8), ("sandbox", 6))
+GIB = 2**30
+# What `metadata.machine` looks like by OS: names, versions, models, CPUs, GPUs, memory.
+_MAC: dict[str, Any] = {
+    "os": (("macOS", ("15.1.1", "15.2", "14.7.1", "26.0.1")),),
+    "model": ("MacBook Pro", "MacBook Air", "Mac mini", "Mac Studio"),
+    "cpu": ("Apple M1", "Apple M2 Pro", "Apple M3 Max", "Apple M4 Pro"),
+    "memory": (16, 18, 24, 32, 36, 48, 64, 96, 128),
+}
+_LINUX: dict[str, Any] = {
+    "os": (
+        ("Ubuntu", ("24.04", "22.04", "24.10")),
+        ("Ubuntu", ("24.04",)),
+        ("Debian GNU/Linux", ("12", "13")),
+        ("Fedora Linux", ("41", "42")),
+        ("Alpine Linux", ("3.20.3", "3.21.0")),
+        ("Arch Linux", ("rolling",)),
+    ),
+    "model": ("PowerEdge R650", "Standard PC (Q35 + ICH9, 2009)", "ThinkPad X1 Carbon Gen 11"),
+    "cpu": (
+        "AMD EPYC 7B13",
+        "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz",
+        "AMD Ryzen 9 7950X 16-Core Processor",
+        "Neoverse-N1",
+    ),
+    "memory": (16, 32, 64, 128, 256, 512),
+}
+_WINDOWS: dict[str, Any] = {
+    "os": (
+        ("Microsoft Windows 11 Pro", ("10.0.22631", "10.0.26100")),
+        ("Microsoft Windows 11 Home", ("10.0.22631", "10.0.26100")),
+        ("Microsoft Windows 10 Pro", ("10.0.19045",)),
+        ("Windows", ("10.0.26100",)),
+    ),
+    "model": ("XPS 15 9530", "Surface Laptop 7", "OptiPlex 7090"),
+    "cpu": ("13th Gen Intel(R) Core(TM) i7-13700H", "AMD Ryzen 7 7840U w/ Radeon 780M Graphics"),
+    "memory": (8, 16, 32, 64),
+}
+_LINUX_GPUS = (
+    (),
+    (),
+    (),
+    ("NVIDIA L4",),
+    ("NVIDIA A100-SXM4-80GB",) * 8,
+    ("NVIDIA H100 80GB HBM3",) * 4,
+)
+_WINDOWS_GPUS = (
+    ("NVIDIA GeForce RTX 4070 Laptop GPU", "Intel(R) UHD Graphics"),
+    ("Intel(R) Iris(R) Xe Graphics",),
+    ("AMD Radeon 780M Graphics",),
+)
 
 
 def _pick(rng: random.Random, table: Sequence[tuple[Any, int]]) -> Any:
@@ -108,9 +200,45 @@ def _pick(rng: random.Random, table: Sequence[tuple[Any, int]]) -> Any:
     return rng.choices(values, weights=weights)[0]
 
 
+def _has_machine_facts(version: str | None) -> bool:
+    """Letta Code reports `metadata.machine` from 0.34 on."""
+    head = (version or "").split(".")
+    return len(head) >= 2 and head[0] == "0" and head[1].isdigit() and int(head[1]) >= 34
+
+
+def machine_facts(rng: random.Random, os_name: str | None, kind: str) -> dict[str, Any]:
+    """A plausible `metadata.machine` for an environment of this OS and kind."""
+    container = kind == "sandbox" or (os_name == "linux" and rng.random() < 0.35)
+    table = {"darwin": _MAC, "win32": _WINDOWS}.get(os_name or "", _LINUX)
+    name, versions = ("Debian GNU/Linux", ("12",)) if kind == "sandbox" else rng.choice(table["os"])
+    facts: dict[str, Any] = {
+        "architecture": "arm64"
+        if (os_name == "darwin" and rng.random() < 0.85) or rng.random() < 0.15
+        else "x64",
+        "osName": name,
+        "osVersion": rng.choice(versions),
+        "model": "Container" if container else rng.choice(table["model"]),
+        "cpu": rng.choice(table["cpu"]),
+        "memoryBytes": (rng.choice((2, 4, 8, 16)) if container else rng.choice(table["memory"]))
+        * GIB,
+    }
+    if os_name == "darwin":
+        facts["gpus"] = [facts["cpu"]]
+    elif os_name == "win32":
+        facts["gpus"] = list(rng.choice(_WINDOWS_GPUS))
+    else:
+        facts["gpus"] = [] if container else list(rng.choice(_LINUX_GPUS))
+    if rng.random() < 0.05:  # every key is optional
+        del facts[rng.choice(sorted(facts))]
+    return facts
+
+
 @dataclass(frozen=True, slots=True)
 class EnvironmentSpec:
-    """The fixed traits of one simulated environment; its state comes from the clock."""
+    """The fixed traits of one simulated machine; its rows and their state come from the clock.
+
+    `id` is the row id the machine registered with first; later registrations append to it.
+    """
 
     id: str
     device_id: str
@@ -123,45 +251,59 @@ class EnvironmentSpec:
     never_connected: bool
     period: float
     online_share: float
-    stale_share: float
     phase: float
 
 
 def build_fleet(
     size: int, seed: int, heartbeat_interval: float, epoch: float
 ) -> list[EnvironmentSpec]:
-    """A deterministic fleet of ``size`` environments, sorted by id (the cursor order)."""
+    """A deterministic fleet of ``size`` machines, sorted by id (the cursor order)."""
     rng = random.Random(seed)
     specs: list[EnvironmentSpec] = []
     device = ""
     for index in range(size):
         person = rng.choice(_PEOPLE)
-        if not device or rng.random() > 0.06:  # a few devices run two environments
-            device = f"dev-{rng.getrandbits(48):012x}"
+        kind = _pick(rng, _KINDS)
+        if kind == "desktop":
+            device = f"desktop:{uuid.UUID(int=rng.getrandbits(128), version=4)}"
+        elif kind == "sandbox":
+            device = f"sandbox-agent-{uuid.UUID(int=rng.getrandbits(128), version=4)}"
+        elif not device or device.startswith(("desktop:", "sandbox-")) or rng.random() > 0.06:
+            device = str(uuid.UUID(int=rng.getrandbits(128), version=4))  # a few run two
         os_name = _pick(rng, _OS)
+        if kind == "sandbox":
+            os_name = "linux"
+        elif kind == "desktop":
+            os_name = rng.choice(("darwin", "darwin", "win32"))
         metadata: dict[str, Any] | None = None
         if os_name is not None or rng.random() < 0.5:
+            version = _pick(rng, _VERSIONS)
+            update = DESKTOP_UPDATE if kind == "desktop" else _pick(rng, _SELF_UPDATE)
             metadata = {
                 key: value
                 for key, value in {
                     "os": os_name,
-                    "lettaCodeVersion": _pick(rng, _VERSIONS),
+                    "lettaCodeVersion": version,
                     "nodeVersion": _pick(rng, _NODES),
                     "gitBranch": rng.choice(("main", "feature/login", f"{person}/spike")),
                     "workingDirectory": f"/home/{person}/src/project-{rng.randint(1, 30)}",
-                    "self_update": _pick(rng, _SELF_UPDATE),
-                    "supported_commands": ["upgrade-letta-code", "send-message"]
+                    "self_update": update,
+                    "supported_commands": ["upgrade-letta-code", "clear", "doctor", "compact"]
                     if rng.random() < 0.8
-                    else ["send-message"],
+                    else ["clear", "doctor"],
+                    "machine": machine_facts(rng, os_name, kind)
+                    if _has_machine_facts(version)
+                    else None,
                 }.items()
                 if value is not None
             }
         period = heartbeat_interval * rng.uniform(60, 240)
+        name = f"{person}-{rng.choice(_NAMES)}-{index % 97}"
         specs.append(
             EnvironmentSpec(
                 id=f"env-{rng.getrandbits(64):016x}",
                 device_id=device,
-                connection_name=f"{person}-{rng.choice(_NAMES)}-{index % 97}",
+                connection_name=f"sandbox-{name}" if kind == "sandbox" else name,
                 user_id=None if rng.random() < 0.05 else f"user-{_PEOPLE.index(person):04d}",
                 source="remote" if rng.random() < 0.15 else "local",
                 metadata=metadata,
@@ -170,7 +312,6 @@ def build_fleet(
                 never_connected=rng.random() < 0.05,
                 period=period,
                 online_share=rng.uniform(0.70, 0.95),
-                stale_share=rng.uniform(0.02, 0.08),
                 phase=rng.uniform(0, period),
             )
         )
@@ -205,6 +346,24 @@ class Faults:
         return cls(**document)
 
 
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One row of a machine that was stopped or started by hand: when it ran, when it died."""
+
+    id: str
+    started: float
+    stopped: float | None = None
+
+
+def _chance(seed: int, key: str, cycle: int) -> float:
+    """A fraction in [0, 1) fixed by its arguments: the dice of one machine's cycle."""
+    return zlib.crc32(f"{seed}:{key}:{cycle}".encode()) / 2**32
+
+
+_RowState = tuple[str, float | None, float]  # state, lease start, last heartbeat
+ID_LENGTH = len("env-") + 16  # a machine's first row id; its later rows' ids start with it
+
+
 @dataclass
 class SimulatedFleet:
     """The fleet and its switches; every method is safe to call from several threads."""
@@ -215,52 +374,150 @@ class SimulatedFleet:
     churn: bool = True
     max_page_size: int = 1000
     clock: Callable[[], float] = clocks.wall_clock
+    lease_timeout: float | None = None
+    """Seconds of silence after which the relay clears a lease (default 4 heartbeats: 120 s)."""
+    row_ttl: float | None = None
+    """Seconds after which an old row ages out of the list (default 120 heartbeats: 1 h)."""
+    stuck_share: float = 0.03
+    """Share of deaths whose lease the relay fails to clear (held until the machine returns)."""
+    reregister_share: float = 0.3
+    """Share of returns under a new row id (a restart, a self-upgrade) instead of the old row."""
     specs: list[EnvironmentSpec] = field(init=False)
     faults: Faults = field(default_factory=Faults)
     silenced: dict[str, float] = field(default_factory=dict)
+    stopped: dict[str, list[Registration]] = field(default_factory=dict)
+    hidden: set[str] = field(default_factory=set)
     requests: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._epoch = self.clock()
+        if self.lease_timeout is None:
+            self.lease_timeout = 4 * self.heartbeat_interval
+        if self.row_ttl is None:
+            self.row_ttl = 120 * self.heartbeat_interval
         self.specs = build_fleet(self.size, self.seed, self.heartbeat_interval, self._epoch)
         self._ids = [spec.id for spec in self.specs]
+        self._by_name: dict[str, list[EnvironmentSpec]] = {}
+        for spec in self.specs:
+            self._by_name.setdefault(spec.connection_name, []).append(spec)
 
     # --- state as a function of the clock ---------------------------------------------
-    def row(self, spec: EnvironmentSpec, now: float) -> tuple[dict[str, Any], str]:
-        """The API row of one environment at ``now`` and its true state."""
-        hb = self.heartbeat_interval
-        lease_start: float | None
-        last_heartbeat: float | None
+    def rows(self, spec: EnvironmentSpec, now: float) -> list[tuple[dict[str, Any], str]]:
+        """The API rows of one machine at ``now`` (oldest registration first), with states."""
+        if spec.id in self.hidden:
+            return []
+        if spec.id in self.stopped:
+            return self._registered_by_hand(spec, now)
         if spec.never_connected:
-            state, lease_start, last_heartbeat = "offline", None, None
-        elif spec.id in self.silenced:
-            state, lease_start = "stale", self._epoch - spec.phase
-            last_heartbeat = self.silenced[spec.id]
-        elif not self.churn:
-            state, lease_start = "online", self._epoch - spec.phase
-            last_heartbeat = now - ((now + spec.phase) % hb)
+            return [self._row(spec, spec.id, ("offline", None, None), now)]
+        hb = self.heartbeat_interval
+        if spec.id in self.silenced:  # a stuck lease: held, no heartbeats
+            return [
+                self._row(
+                    spec, spec.id, ("stale", self._epoch - spec.phase, self.silenced[spec.id]), now
+                )
+            ]
+        if not self.churn:
+            beat = now - ((now + spec.phase) % hb)
+            return [self._row(spec, spec.id, ("online", self._epoch - spec.phase, beat), now)]
+        cycle = int((now + spec.phase) // spec.period)
+        start = cycle * spec.period - spec.phase
+        death = start + spec.period * spec.online_share
+        registered = self._registered_in(spec, cycle)
+        current: _RowState
+        if now < death:
+            current = ("online", start, now - ((now + spec.phase) % hb))
+        elif _chance(self.seed, "stuck" + spec.id, cycle) < self.stuck_share:
+            current = ("stale", start, death)
+        elif now < death + self._lease_timeout:
+            current = ("online", start, death)  # the relay has not noticed yet
         else:
-            cycle_start = now - ((now + spec.phase) % spec.period)
-            t = now - cycle_start
-            online_end = spec.period * spec.online_share
-            stale_end = online_end + max(spec.period * spec.stale_share, 6 * hb)
-            lease_start = cycle_start
-            if t < online_end:
-                state, last_heartbeat = "online", now - ((now + spec.phase) % hb)
-            elif t < stale_end:
-                state, last_heartbeat = "stale", cycle_start + online_end
+            current = ("offline", None, death)
+        rows = [self._row(spec, self._row_id(spec, registered), current, now)]
+        # Rows of earlier registrations stay, offline, until they age out.
+        first = self._first_cycle(spec)
+        while registered > first:
+            previous = self._registered_in(spec, registered - 1)
+            last = (registered - 1) * spec.period - spec.phase + spec.period * spec.online_share
+            if now - last > self._row_ttl:
+                break
+            rows.append(self._row(spec, self._row_id(spec, previous), ("offline", None, last), now))
+            registered = previous
+        rows.reverse()
+        return rows
+
+    def row(self, spec: EnvironmentSpec, now: float) -> tuple[dict[str, Any], str]:
+        """The machine's current row (its newest registration) and its state."""
+        rows = self.rows(spec, now)
+        if not rows:
+            raise LookupError(f"{spec.connection_name} is hidden")
+        return rows[-1]
+
+    @property
+    def _lease_timeout(self) -> float:
+        return float(self.lease_timeout or 0.0)
+
+    @property
+    def _row_ttl(self) -> float:
+        return float(self.row_ttl or 0.0)
+
+    def _first_cycle(self, spec: EnvironmentSpec) -> int:
+        return int((self._epoch + spec.phase) // spec.period)
+
+    def _registered_in(self, spec: EnvironmentSpec, cycle: int) -> int:
+        """The cycle in which the row alive in ``cycle`` registered."""
+        first = self._first_cycle(spec)
+        while cycle > first and _chance(self.seed, spec.id, cycle) >= self.reregister_share:
+            cycle -= 1
+        return max(cycle, first)
+
+    def _row_id(self, spec: EnvironmentSpec, registered: int) -> str:
+        if registered <= self._first_cycle(spec):
+            return spec.id
+        return f"{spec.id}-{registered:08x}"
+
+    def _registered_by_hand(
+        self, spec: EnvironmentSpec, now: float
+    ) -> list[tuple[dict[str, Any], str]]:
+        rows = []
+        history = self.stopped[spec.id]
+        for index, run in enumerate(history):
+            newest = index == len(history) - 1
+            hb = self.heartbeat_interval
+            state: _RowState
+            if run.stopped is None:
+                beat = max(run.started, now - ((now - run.started) % hb))
+                if spec.id in self.silenced:
+                    state = ("stale", run.started, self.silenced[spec.id])
+                else:
+                    state = ("online", run.started, beat)
+            elif newest and now < run.stopped + self._lease_timeout:
+                state = ("online", run.started, run.stopped)
             else:
-                state, last_heartbeat = "offline", cycle_start + stale_end
-                lease_start = None
+                if now - run.stopped > self._row_ttl and not newest:
+                    continue
+                state = ("offline", None, run.stopped)
+            rows.append(self._row(spec, run.id, state, now))
+        return rows
+
+    def _row(
+        self,
+        spec: EnvironmentSpec,
+        row_id: str,
+        lease: tuple[str, float | None, float | None],
+        now: float,
+    ) -> tuple[dict[str, Any], str]:
+        """One API row of ``spec``: ``lease`` is its state, lease start and last heartbeat."""
+        state, lease_start, last_heartbeat = lease
         skew = self.faults.clock_skew_seconds
         if last_heartbeat is not None and skew:
             last_heartbeat += skew
         connected = state != "offline"
         row: dict[str, Any] = {
-            "id": spec.id,
+            "id": row_id,
             "connectedAt": _ms(lease_start) if connected and lease_start is not None else None,
-            "connectionId": f"conn-{spec.id[4:12]}-{int(lease_start or 0) % 100000}"
+            "connectionId": f"conn-{row_id[4:12]}-{int(lease_start or 0) % 100000}"
             if connected
             else None,
             "connectionName": spec.connection_name,
@@ -289,16 +546,33 @@ class SimulatedFleet:
         now = self.clock()
         counts = {"online": 0, "stale": 0, "offline": 0}
         for spec in self.specs:
-            counts[self.row(spec, now)[1]] += 1
-        return {**counts, "silenced": sorted(self.silenced)}
+            for _, state in self.rows(spec, now):
+                counts[state] += 1
+        return {
+            **counts,
+            "silenced": sorted(self.silenced),
+            "stopped": sorted(
+                spec_id for spec_id, runs in self.stopped.items() if runs[-1].stopped is not None
+            ),
+            "hidden": sorted(self.hidden),
+        }
 
     # --- switches ----------------------------------------------------------------------
     def set_faults(self, faults: Faults) -> None:
         with self._lock:
             self.faults = faults
 
+    def machines(self, ids: Sequence[str] = (), names: Sequence[str] = ()) -> list[EnvironmentSpec]:
+        """The machines with these first row ids or connection names."""
+        by_id = {spec.id: spec for spec in self.specs}
+        chosen = [by_id[i] for i in ids if i in by_id]
+        for name in names:
+            chosen += self._by_name.get(name, [])
+        return chosen
+
     def silence(self, ids: Sequence[str] | None = None, fraction: float | None = None) -> list[str]:
-        """Stop the heartbeats of these environments (connected ones, for ``fraction``)."""
+        """Stop the heartbeats of these machines (connected ones, for ``fraction``); the relay
+        keeps their leases (stuck)."""
         now = self.clock()
         if ids is None:
             connected = [s for s in self.specs if self.row(s, now)[1] != "offline"]
@@ -313,6 +587,38 @@ class SimulatedFleet:
     def unsilence(self) -> None:
         with self._lock:
             self.silenced.clear()
+
+    def stop(self, machines: Sequence[EnvironmentSpec]) -> dict[str, float]:
+        """These machines die now: their last heartbeat is now; the relay clears their lease
+        `lease_timeout` later. Returns each machine's last heartbeat (epoch seconds)."""
+        now = self.clock()
+        last: dict[str, float] = {}
+        with self._lock:
+            for spec in machines:
+                row, _ = self.row(spec, now)
+                beat = now if row["lastHeartbeat"] is None else row["lastHeartbeat"] / 1000
+                started = now if row["connectedAt"] is None else row["connectedAt"] / 1000
+                history = self.stopped.setdefault(spec.id, [Registration(row["id"], started)])
+                if history[-1].stopped is None:
+                    history[-1] = replace(history[-1], stopped=beat)
+                last[spec.connection_name] = history[-1].stopped or beat
+        return last
+
+    def start(self) -> None:
+        """Every stopped machine comes back, registering a new row (the old one stays)."""
+        now = self.clock()
+        with self._lock:
+            for spec_id, history in self.stopped.items():
+                if history[-1].stopped is not None:
+                    history.append(Registration(f"{spec_id}-m{len(history):07d}", now, None))
+
+    def hide(self, machines: Sequence[EnvironmentSpec]) -> None:
+        with self._lock:
+            self.hidden.update(spec.id for spec in machines)
+
+    def unhide(self) -> None:
+        with self._lock:
+            self.hidden.clear()
 
     # --- the list endpoint ---------------------------------------------------------------
     def list_page(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
@@ -344,30 +650,36 @@ class SimulatedFleet:
             return 400, {}, b'{"error": "limit must be a number"}'
         limit = max(1, min(limit, self.max_page_size))
         after = query.get("after")
-        start = bisect.bisect_right(self._ids, after) if after else 0
+        # A machine's rows follow its first row id, which starts each of their ids.
+        start = bisect.bisect_left(self._ids, after[:ID_LENGTH]) if after else 0
         now = self.clock()
         online_only = query.get("onlineOnly", "").lower() == "true"
         rows: list[dict[str, Any]] = []
         index = start
-        while index < len(self.specs) and len(rows) < limit:
+        full = False
+        while index < len(self.specs) and not full:
             spec = self.specs[index]
             index += 1
             if query.get("source") and spec.source != query["source"]:
                 continue
             if query.get("userId") and spec.user_id != query["userId"]:
                 continue
-            row, state = self.row(spec, now)
-            if online_only and state != "online":
-                continue
-            rows.append(row)
-        has_next = index < len(self.specs)
+            for row, state in self.rows(spec, now):
+                if (after and row["id"] <= after) or (online_only and state != "online"):
+                    continue
+                if len(rows) == limit:
+                    full = True  # one row more than the page holds: there is a next page
+                    break
+                rows.append(row)
+        has_next = full or index < len(self.specs)
         if faults.empty_pages and after:
             rows, has_next = [], True
         elif faults.repeat_cursor and after:
             rows = [self.row(self.specs[0], now)[0]]
             has_next = True
-        if faults.duplicate_rows and start > 0:
-            rows.insert(0, self.row(self.specs[start - 1], now)[0])
+        if faults.duplicate_rows and after and start < len(self.specs):
+            again = [r for r, _ in self.rows(self.specs[start], now) if r["id"] == after]
+            rows[:0] = again
         for position in range(min(faults.invalid_rows, len(rows))):
             rows[position] = {**rows[position], "lastSeenAt": "yesterday"}
         body = json.dumps({"connections": rows, "hasNextPage": has_next}).encode()
@@ -414,7 +726,7 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 200,
                 {
                     "name": unquote(parts.path.removeprefix("/_registry/")),
-                    "dist-tags": {"latest": LATEST_RELEASE, "next": "0.33.0-next.2"},
+                    "dist-tags": {"latest": LATEST_RELEASE, "next": NEXT_RELEASE},
                     "time": {"created": "2026-01-05T10:00:00.000Z", **RELEASES},
                 },
             )
@@ -456,6 +768,15 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             elif path == "/_simulator/silence":
                 chosen = fleet.silence(ids=document.get("ids"), fraction=document.get("fraction"))
                 self._json(200, {"silenced": chosen})
+            elif path in ("/_simulator/stop", "/_simulator/hide"):
+                machines = fleet.machines(document.get("ids", ()), document.get("names", ()))
+                if not machines:
+                    raise ValueError("no machine has these ids or names")
+                if path.endswith("stop"):
+                    self._json(200, {"last_heartbeat": fleet.stop(machines)})
+                else:
+                    fleet.hide(machines)
+                    self._json(200, {"hidden": sorted({m.connection_name for m in machines})})
             else:
                 self._json(404, {"error": "not found"})
         except (ValueError, TypeError) as exc:
@@ -467,6 +788,10 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             self.server.fleet.set_faults(Faults())
         elif path == "/_simulator/silence":
             self.server.fleet.unsilence()
+        elif path == "/_simulator/stop":
+            self.server.fleet.start()
+        elif path == "/_simulator/hide":
+            self.server.fleet.unhide()
         else:
             self._json(404, {"error": "not found"})
             return
@@ -502,6 +827,8 @@ def start_simulator(
     churn: bool = True,
     max_page_size: int = 1000,
     clock: Callable[[], float] = clocks.wall_clock,
+    lease_timeout: float | None = None,
+    row_ttl: float | None = None,
 ) -> SimulatorHTTPServer:
     """Serve a simulated fleet in a background thread; ``.url`` is its base URL."""
     fleet = SimulatedFleet(
@@ -511,6 +838,8 @@ def start_simulator(
         churn=churn,
         max_page_size=max_page_size,
         clock=clock,
+        lease_timeout=lease_timeout,
+        row_ttl=row_ttl,
     )
     server = SimulatorHTTPServer((host, port), fleet, api_key)
     threading.Thread(
@@ -533,6 +862,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heartbeat-interval", default="30s")
     parser.add_argument("--max-page-size", type=int, default=1000)
     parser.add_argument(
+        "--lease-timeout",
+        default=None,
+        help="silence after which the relay clears a lease (default: 4 heartbeat intervals)",
+    )
+    parser.add_argument(
+        "--row-ttl",
+        default=None,
+        help="age after which an old row leaves the list (default: 120 heartbeat intervals)",
+    )
+    parser.add_argument(
         "--no-churn",
         dest="churn",
         action="store_false",
@@ -542,6 +881,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, _, port = args.listen.rpartition(":")
     try:
         interval = parse_duration(args.heartbeat_interval)
+        lease = parse_duration(args.lease_timeout) if args.lease_timeout else None
+        ttl = parse_duration(args.row_ttl) if args.row_ttl else None
         server = start_simulator(
             host=host or "0.0.0.0",
             port=int(port),
@@ -551,6 +892,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_interval=interval,
             churn=args.churn,
             max_page_size=args.max_page_size,
+            lease_timeout=lease,
+            row_ttl=ttl,
         )
     except (ValueError, OSError) as exc:
         print(f"letta-environments-simulator: error: {exc}", file=sys.stderr)

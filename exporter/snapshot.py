@@ -22,6 +22,18 @@ class UpdateAbility(NamedTuple):
     reason: str | None
 
 
+class MachineFacts(NamedTuple):
+    """`metadata.machine` as far as the metrics read it; equal facts are shared by the rows."""
+
+    architecture: str | None
+    os_name: str | None
+    os_version: str | None
+    model: str | None
+    cpu: str | None
+    memory_bytes: float | None
+    gpus: tuple[str, ...] | None
+
+
 class Environment(NamedTuple):
     """One environment as the metrics need it; the names are those of `Connection`.
 
@@ -46,9 +58,10 @@ class Environment(NamedTuple):
     git_branch: str | None
     self_update: UpdateAbility | None
     supported_commands: tuple[str, ...] | None
+    machine: MachineFacts | None
 
 
-_NO_METADATA: tuple[None, ...] = (None,) * 7  # the seven fields from `metadata`
+_NO_METADATA: tuple[None, ...] = (None,) * 8  # the eight fields from `metadata`
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,7 @@ class SnapshotBuilder:
         # A fleet has a handful of distinct self_update answers and command lists: share them.
         self._updates: dict[UpdateAbility, UpdateAbility] = {}
         self._commands: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._machines: dict[MachineFacts, MachineFacts] = {}
         self.invalid_records = 0
         self.duplicates = 0
 
@@ -94,6 +108,7 @@ class SnapshotBuilder:
         ids = self._ids
         updates = self._updates
         command_lists = self._commands
+        machines = self._machines
         for c in connections:
             if c.id in ids:
                 self.duplicates += 1
@@ -102,11 +117,23 @@ class SnapshotBuilder:
             m = c.metadata
             details: tuple[object, ...] = _NO_METADATA
             if m is not None:
-                update, commands = m.self_update, m.supported_commands
+                update, commands, host = m.self_update, m.supported_commands, m.machine
                 ability = None
                 if update is not None:
                     ability = UpdateAbility(update.supported, update.writable, update.reason)
                     ability = updates.setdefault(ability, ability)
+                facts = None
+                if host is not None:
+                    facts = MachineFacts(
+                        host.architecture,
+                        host.os_name,
+                        host.os_version,
+                        host.model,
+                        host.cpu,
+                        host.memory_bytes,
+                        host.gpus,
+                    )
+                    facts = machines.setdefault(facts, facts)
                 details = (
                     m.os,
                     m.letta_code_version,
@@ -115,6 +142,7 @@ class SnapshotBuilder:
                     m.git_branch,
                     ability,
                     None if commands is None else command_lists.setdefault(commands, commands),
+                    facts,
                 )
             environment = Environment(
                 c.id,

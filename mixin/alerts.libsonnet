@@ -69,6 +69,19 @@
             "runbook_url": ($._config.runbook_base_url + "#lettaenvironmentheartbeatstale"),
           },
         }] else [],
+        if std.get($._config.alerts.LettaEnvironmentOffline, 'enabled', true) then [{
+          "alert": "LettaEnvironmentOffline",
+          "expr": ("    job_connection:letta_environment_watched_online:max == 0\n  or\n    (\n        0 * max_over_time(job_connection:letta_environment_watched_online:max[" + $._config.alerts.LettaEnvironmentOffline["lookback"] + "]) - 1\n      unless\n        job_connection:letta_environment_watched_online:max\n    )\n"),
+          "for": ($._config.alerts.LettaEnvironmentOffline["for"]),
+          "labels": {
+            "severity": ($._config.alerts.LettaEnvironmentOffline["severity"]),
+          },
+          "annotations": {
+            "summary": "A watched Letta Code machine is not online.",
+            "description": ("{{ $labels.connection_name }} is watched and has not been online for " + $._config.alerts.LettaEnvironmentOffline["for"] + ": {{ if lt $value 0.0 }}none of its rows is listed any more{{ else }}its rows are offline or hold a lease without heartbeating{{ end }} (heartbeat threshold 5m, remembered for " + $._config.alerts.LettaEnvironmentOffline["lookback"] + ")."),
+            "runbook_url": ($._config.runbook_base_url + "#lettaenvironmentoffline"),
+          },
+        }] else [],
         if std.get($._config.alerts.LettaEnvironmentsOnlineDrop, 'enabled', true) then [{
           "alert": "LettaEnvironmentsOnlineDrop",
           "expr": ("(1 - job:letta_environments_online:sum / job:letta_environments_online:sum offset " + $._config.alerts.LettaEnvironmentsOnlineDrop["compare_offset"] + ") > 0.5\n  and job:letta_environments_online:sum offset " + $._config.alerts.LettaEnvironmentsOnlineDrop["compare_offset"] + " >= 10\n"),

@@ -38,6 +38,13 @@
         "threshold": "5m",
         "for": "2m",
       },
+      "LettaEnvironmentOffline": {
+        "severity": "warning",
+        "selector": "",
+        "threshold": "5m",
+        "lookback": "1d",
+        "for": "2m30s",
+      },
       "LettaEnvironmentsOnlineDrop": {
         "severity": "critical",
         "drop_ratio": 0.5,

@@ -29,6 +29,10 @@
           "expr": ("max without (" + std.join(', ', $._config.replica_labels) + ") (\n  sum without (state, os, mode, version) (\n    letta_environments{" + $._config.job_selector + ", mode=\"unrestricted\", " + $._config.alerts.LettaEnvironmentsUnrestrictedMode["selector"] + "}\n  )\n)\n"),
         },
         {
+          "record": "job_connection:letta_environment_watched_online:max",
+          "expr": ("max without (" + std.join(', ', $._config.replica_labels) + ", environment_id, device_id, os, mode, version, node_version, user_id, runtime, arch, os_name, os_version, working_directory, git_branch) (\n    letta_environment_info{" + $._config.job_selector + ", " + (if $._config.alerts.LettaEnvironmentOffline["selector"] == '' then "connection_name!~\".*\"" else $._config.alerts.LettaEnvironmentOffline["selector"]) + "}\n  * on (environment_id) group_left ()\n    (\n        (\n            max by (environment_id) (letta_environment_connected{" + $._config.job_selector + "}) == 1\n          and on (environment_id)\n            time() - max by (environment_id) (letta_environment_last_heartbeat_timestamp_seconds{" + $._config.job_selector + "}) < 300\n        )\n      or on (environment_id)\n        0 * max by (environment_id) (letta_environment_connected{" + $._config.job_selector + "})\n    )\n)\n"),
+        },
+        {
           "record": "job:letta_exporter_replicas_serving:count",
           "expr": ("count without (" + std.join(', ', $._config.replica_labels) + ") (\n    time() - letta_exporter_last_success_timestamp_seconds{" + $._config.job_selector + "}\n  <= 3 * letta_exporter_poll_interval_seconds{" + $._config.job_selector + "}\n)\nor\n0 * count without (" + std.join(', ', $._config.replica_labels) + ") (up{" + $._config.job_selector + "})\n"),
         },

@@ -24,6 +24,26 @@ OUTDATED_RATIO = "job:letta_environments_outdated_connected:ratio"
 UNRESTRICTED = "job:letta_environments_unrestricted:sum"
 REPLICAS_SERVING = "job:letta_exporter_replicas_serving:count"
 REPLICAS_FAILING = "job:letta_exporter_replicas_failing:count"
+WATCHED = "job_connection:letta_environment_watched_online:max"
+
+# The labels of letta_environment_info that describe one row, not the machine (its
+# connection_name) or the target: folded away to count a machine once, whatever its rows.
+ROW_LABELS = (
+    "environment_id",
+    "device_id",
+    "os",
+    "mode",
+    "version",
+    "node_version",
+    "user_id",
+    "runtime",
+    "arch",
+    "os_name",
+    "os_version",
+    "working_directory",
+    "git_branch",
+)
+NOTHING = 'connection_name!~".*"'  # matches no series: what an empty watch selector means
 
 
 # --- expressions shared with the dashboards ---------------------------------------------------
@@ -83,6 +103,31 @@ def with_names(s: Settings, expr: str, *labels: str) -> str:
   )"""
 
 
+def watched_online(s: Settings, selector: str, threshold: float) -> str:
+    """One series per watched machine (connection name) listed now: 1 while any of its rows is
+    online (leased, heartbeat younger than ``threshold`` seconds), else 0."""
+    info = s.select("letta_environment_info", selector or NOTHING)
+    connected = f"max by (environment_id) ({s.select('letta_environment_connected')})"
+    heartbeat = (
+        "max by (environment_id) "
+        f"({s.select('letta_environment_last_heartbeat_timestamp_seconds')})"
+    )
+    return f"""\
+max {s.without(*ROW_LABELS)} (
+    {info}
+  * on (environment_id) group_left ()
+    (
+        (
+            {connected} == 1
+          and on (environment_id)
+            time() - {heartbeat} < {threshold:g}
+        )
+      or on (environment_id)
+        0 * {connected}
+    )
+)"""
+
+
 def unrestricted(s: Settings, selector: str) -> str:
     """Environments in unrestricted mode matching ``selector``, one count across replicas."""
     metric = s.select("letta_environments", 'mode="unrestricted"', selector)
@@ -97,6 +142,7 @@ def recording_rules(bundle: Bundle) -> list[dict[str, Any]]:
     s = bundle.settings
     outdated = s.select("letta_environments_outdated")
     no_replicas = f"0 * count {s.without()} ({s.select('up')})"
+    offline = bundle.alerts["LettaEnvironmentOffline"]
 
     def replicas(expr: str) -> str:
         return f"count {s.without()} (\n    {expr}\n)"
@@ -127,6 +173,10 @@ max {s.without()} (
         ),
         # Both replica counts are 0 rather than absent while the job has targets, so panels
         # show 0 and alerts compare with `> 0`.
+        (
+            WATCHED,
+            watched_online(s, offline["selector"], parse_duration(offline["threshold"])),
+        ),
         (REPLICAS_SERVING, f"{replicas(poll_age_over(s, '<='))}\nor\n{no_replicas}"),
         # Down (not scraped) or scraped but not polling: the replica's series are gone or old.
         (
@@ -206,6 +256,27 @@ def _heartbeat_stale(s: Settings, p: Mapping[str, Any]) -> Alert:
     )
 
 
+def _offline(s: Settings, p: Mapping[str, Any]) -> Alert:
+    lookback = p["lookback"]
+    # 0: listed, no row online; -1: no row listed any more, but the machine was within lookback.
+    return (
+        f"""\
+    {WATCHED} == 0
+  or
+    (
+        0 * max_over_time({WATCHED}[{lookback}]) - 1
+      unless
+        {WATCHED}
+    )
+""",
+        "A watched Letta Code machine is not online.",
+        "{{ $labels.connection_name }} is watched and has not been online for "
+        f"{p['for']}: " + "{{ if lt $value 0.0 }}none of its rows is listed any more"
+        "{{ else }}its rows are offline or hold a lease without heartbeating{{ end }} "
+        f"(heartbeat threshold {p['threshold']}, remembered for {lookback}).",
+    )
+
+
 def _online_drop(s: Settings, p: Mapping[str, Any]) -> Alert:
     offset = p["compare_offset"]
     return (
@@ -258,6 +329,7 @@ ALERTS: dict[str, Callable[[Settings, Mapping[str, Any]], Alert]] = {
     "LettaExporterPollFailing": _poll_failing,
     "LettaExporterRateLimited": _rate_limited,
     "LettaEnvironmentHeartbeatStale": _heartbeat_stale,
+    "LettaEnvironmentOffline": _offline,
     "LettaEnvironmentsOnlineDrop": _online_drop,
     "LettaEnvironmentsNoneOnline": _none_online,
     "LettaEnvironmentsVersionDrift": _version_drift,

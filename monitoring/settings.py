@@ -93,6 +93,11 @@ PARAMETERS: dict[str, dict[str, Parser]] = {
     "LettaExporterPollFailing": {},
     "LettaExporterRateLimited": {"ratio": _ratio, "window": _duration},
     "LettaEnvironmentHeartbeatStale": {"threshold": _duration},
+    "LettaEnvironmentOffline": {
+        "selector": _matchers,
+        "threshold": _duration,
+        "lookback": _duration,
+    },
     "LettaEnvironmentsOnlineDrop": {
         "drop_ratio": _ratio,
         "compare_offset": _duration,

@@ -5,6 +5,7 @@ webhook receiver of the test's own. Everything real, every wait bounded."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,11 @@ import pytest
 import yaml
 
 from exporter.simulator import start_simulator
+from monitoring.rules import WATCHED
 from monitoring.settings import load_config, merge
 from tests.conftest import (
     API_KEY,
+    TIME_TO_KNOW,
     exporter_process,
     free_port,
     require_tool,
@@ -37,9 +41,16 @@ from tests.test_alerts import ALERTMANAGER_EXAMPLE, JOB, rules_text
 pytestmark = pytest.mark.slow
 
 STALE = "LettaEnvironmentHeartbeatStale"
+OFFLINE = "LettaEnvironmentOffline"
 # Healthy heartbeats look at most ~3 s old here (1 s heartbeats, polls, scrapes and
 # evaluations); 6 s is clear of that, and 2 s of `for` is two evaluations.
-SHORT_RULES = {"alerts": {STALE: {"threshold": "6s", "for": "2s"}}}
+SHORT_RULES = {
+    "alerts": {
+        STALE: {"threshold": "6s", "for": "2s"},
+        OFFLINE: {"threshold": "6s", "for": "2s", "lookback": "1m"},
+    }
+}
+LEASE_TIMEOUT = 3.0  # the simulated relay clears a silent machine's lease after this long
 START_TIMEOUT = 15.0  # a server to be ready, the first scrapes to land
 BUDGET = 100.0  # the whole alert test, start to finish: every wait is cut to what is left
 
@@ -51,6 +62,7 @@ BUDGET = 100.0  # the whole alert test, start to finish: every wait is cut to wh
 class Notification:
     path: str
     payload: dict[str, Any]
+    received_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -74,12 +86,21 @@ class WebhookReceiver:
             if alert["labels"].get("alertname") == alertname
         ]
 
-    def latest_status(self, alertname: str) -> dict[str, str]:
-        """The last notified status of each alert of that name, by environment_id."""
+    def latest_status(self, alertname: str, key: str) -> dict[str, str]:
+        """The last notified status of each alert of that name, by its label ``key``."""
         status: dict[str, str] = {}
         for _, alert in self.alerts(alertname):
-            status[alert["labels"].get("environment_id", "")] = alert["status"]
+            status[alert["labels"].get(key, "")] = alert["status"]
         return status
+
+    def first_notified(self, alertname: str) -> float:
+        """When the first notification that fires an alert of that name arrived."""
+        return min(
+            n.received_at
+            for n in self.received()
+            for alert in n.payload.get("alerts", [])
+            if alert["labels"].get("alertname") == alertname and alert["status"] == "firing"
+        )
 
 
 @contextmanager
@@ -262,14 +283,41 @@ def workdir() -> Iterator[Path]:
 # --- the tests ----------------------------------------------------------------------------
 
 
-def test_silent_environments_page_once_through_alertmanager_and_resolve(workdir: Path) -> None:
+def rules_evaluated_after(prom: Server, moment: float) -> bool:
+    """True once Prometheus has evaluated the rule group at a time after ``moment``."""
+    response = httpx.get(f"{prom.url}/api/v1/rules", timeout=2)
+    response.raise_for_status()
+    groups = response.json()["data"]["groups"]
+    return bool(groups) and all(
+        datetime.fromisoformat(g["lastEvaluation"]).timestamp() > moment for g in groups
+    )
+
+
+def test_dead_and_stuck_machines_page_once_through_alertmanager_and_resolve(
+    workdir: Path,
+) -> None:
+    """Both ways a machine goes silent, end to end, with the seconds from its last heartbeat
+    to the notification measured: the relay clears a dead watched machine's lease
+    (LettaEnvironmentOffline), or keeps it stuck (LettaEnvironmentHeartbeatStale)."""
     deadline = time.monotonic() + BUDGET
-    rules = rules_text(merge(load_config(), SHORT_RULES))
     with ExitStack() as stack:
         sim = start_simulator(
-            fleet_size=30, seed=7, api_key=API_KEY, heartbeat_interval=1.0, churn=False
+            fleet_size=30,
+            seed=7,
+            api_key=API_KEY,
+            heartbeat_interval=1.0,
+            churn=False,
+            lease_timeout=LEASE_TIMEOUT,
         )
         stack.callback(sim.close)
+        live = [spec for spec in sim.fleet.specs if not spec.never_connected]
+        # Watched: one machine that dies and one that stays up; a third dies unwatched.
+        dying, healthy, unwatched = live[0], live[1], live[2]
+        names = (dying.connection_name, healthy.connection_name)
+        assert all(re.fullmatch(r"[a-z0-9-]+", name) for name in names)
+        watch = f'connection_name=~"{"|".join(names)}"'
+        short = merge(SHORT_RULES, {"alerts": {OFFLINE: {"selector": watch}}})
+        rules = rules_text(merge(load_config(), short))
         flags = (
             f"--letta.base-url={sim.url}",
             "--letta.poll-interval=1s",
@@ -303,60 +351,121 @@ def test_silent_environments_page_once_through_alertmanager_and_resolve(workdir:
             *servers,
             deadline=deadline,
         )
+        watched = f'count({WATCHED}{{job="{JOB}"}} == 1)'
         wait_for(
-            lambda: STALE in rule_names(prom),
+            lambda: scalar(prom, watched) == 2,
             START_TIMEOUT,
-            "the rules to load",
+            "both watched machines recorded online",
             *servers,
             deadline=deadline,
         )
-        # While every environment heartbeats, nothing about heartbeats is pending or firing.
-        time.sleep(3)
-        assert query(prom, f'ALERTS{{alertname="{STALE}"}}') == []
-        assert hooks.alerts(STALE) == []
+        # While every machine heartbeats, nothing is pending or firing: three more evaluations.
+        settled = time.time() + 3
+        wait_for(
+            lambda: rules_evaluated_after(prom, settled),
+            START_TIMEOUT,
+            "three more rule evaluations",
+            *servers,
+            deadline=deadline,
+        )
+        assert query(prom, f'ALERTS{{alertname=~"{STALE}|{OFFLINE}"}}') == []
+        assert hooks.alerts(STALE) == hooks.alerts(OFFLINE) == []
 
-        silenced = httpx.post(f"{sim.url}/_simulator/silence", json={"fraction": 0.3}).json()
-        silenced_ids = set(silenced["silenced"])
-        assert len(silenced_ids) >= 5
+        # The machines go silent: six leases get stuck, two machines die (one watched).
+        silenced_ids = {spec.id for spec in live[3:9]}
+        httpx.post(f"{sim.url}/_simulator/silence", json={"ids": sorted(silenced_ids)})
+        silenced_at = max(sim.fleet.silenced[i] for i in silenced_ids)
+        died = httpx.post(
+            f"{sim.url}/_simulator/stop",
+            json={"names": [dying.connection_name, unwatched.connection_name]},
+        ).json()["last_heartbeat"]
 
-        def firing() -> set[str]:
-            return {e for e, status in hooks.latest_status(STALE).items() if status == "firing"}
+        def firing(alertname: str, key: str) -> set[str]:
+            return {k for k, s in hooks.latest_status(alertname, key).items() if s == "firing"}
 
         wait_for(
-            lambda: firing() >= silenced_ids,
+            lambda: firing(OFFLINE, "connection_name") == {dying.connection_name},
+            30,
+            f"{OFFLINE} firing at the webhook for {dying.connection_name}",
+            *servers,
+            deadline=deadline,
+        )
+        # The unwatched machine died at the same moment: it would be pending or firing now.
+        assert {
+            a["metric"]["connection_name"] for a in query(prom, f'ALERTS{{alertname="{OFFLINE}"}}')
+        } == {dying.connection_name}
+        wait_for(
+            lambda: firing(STALE, "environment_id") >= silenced_ids,
             30,
             f"{STALE} firing at the webhook for {sorted(silenced_ids)}",
             *servers,
             deadline=deadline,
         )
-        # Exactly the silent environments were notified, nothing else.
-        assert set(hooks.latest_status(STALE)) == silenced_ids
-        notified = hooks.alerts(STALE)
-        for path, alert in notified:
-            labels = alert["labels"]
-            spec = specs[labels["environment_id"]]
-            assert path == "/hooks/letta-ticket"  # a warning opens a ticket
-            assert labels["connection_name"] == spec.connection_name
-            assert labels["device_id"] == spec.device_id
-            assert labels["severity"] == "warning"
-            assert labels["job"] == JOB
-            assert "instance" not in labels
-            assert spec.connection_name in alert["annotations"]["description"]
-            assert alert["annotations"]["runbook_url"].endswith("#lettaenvironmentheartbeatstale")
-        # One alert per environment, not one per replica.
-        label_sets = {json.dumps(a["labels"], sort_keys=True) for _, a in notified}
-        assert len(label_sets) == len(silenced_ids)
 
+        # Exactly the silent environments were notified, nothing else, once each.
+        assert set(hooks.latest_status(STALE, "environment_id")) == silenced_ids
+        for alertname, key, expected in (
+            (STALE, "environment_id", len(silenced_ids)),
+            (OFFLINE, "connection_name", 1),
+        ):
+            notified = hooks.alerts(alertname)
+            label_sets = {json.dumps(a["labels"], sort_keys=True) for _, a in notified}
+            assert len(label_sets) == expected, (alertname, label_sets)  # not one per replica
+            for path, alert in notified:
+                labels = alert["labels"]
+                assert path == "/hooks/letta-ticket"  # a warning opens a ticket
+                assert labels["severity"] == "warning" and labels["job"] == JOB, labels
+                assert "instance" not in labels and key in labels
+                assert alert["annotations"]["runbook_url"].endswith(f"#{alertname.lower()}")
+        for _, alert in hooks.alerts(STALE):
+            spec = specs[alert["labels"]["environment_id"]]
+            assert alert["labels"]["connection_name"] == spec.connection_name
+            assert alert["labels"]["device_id"] == spec.device_id
+            assert spec.connection_name in alert["annotations"]["description"]
+        (_, offline_alert), *_ = hooks.alerts(OFFLINE)
+        assert "its rows are offline" in offline_alert["annotations"]["description"]
+
+        # The seconds from the last heartbeat to the notification, on each path.
+        offline_after = hooks.first_notified(OFFLINE) - died[dying.connection_name]
+        stale_after = hooks.first_notified(STALE) - silenced_at
+        # Neither can come sooner than the facts allow: the relay's timeout, then `for`.
+        assert offline_after >= LEASE_TIMEOUT + 2, offline_after
+        assert stale_after >= 6 + 2, stale_after
+        TIME_TO_KNOW.append(
+            f"{OFFLINE} (lease cleared): {offline_after:.1f} s from the last heartbeat; "
+            f"{STALE} (lease stuck): {stale_after:.1f} s (lease timeout {LEASE_TIMEOUT:g} s, "
+            "heartbeat, poll, scrape and evaluation every 1 s, threshold 6 s, for 2 s, "
+            "group_wait 1 s)"
+        )
+
+        # They come back: the dead machine under a new row (its old row stays, offline), the
+        # stuck ones heartbeat again; both alerts resolve.
+        httpx.delete(f"{sim.url}/_simulator/stop")
         httpx.delete(f"{sim.url}/_simulator/silence")
+        rows = [row for row, _ in sim.fleet.rows(dying, sim.fleet.clock())]
+        assert len(rows) == 2 and rows[0]["connectionId"] is None and rows[1]["connectionId"]
         wait_for(
-            lambda: all(hooks.latest_status(STALE)[e] == "resolved" for e in silenced_ids),
+            lambda: (
+                hooks.latest_status(OFFLINE, "connection_name")
+                == {dying.connection_name: "resolved"}
+            ),
+            30,
+            f"{OFFLINE} resolved at the webhook",
+            *servers,
+            deadline=deadline,
+        )
+        wait_for(
+            lambda: all(
+                hooks.latest_status(STALE, "environment_id")[e] == "resolved" for e in silenced_ids
+            ),
             20,
             f"{STALE} resolved at the webhook",
             *servers,
             deadline=deadline,
         )
-        assert query(prom, f'ALERTS{{alertname="{STALE}", alertstate="firing"}}') == []
-        assert set(hooks.latest_status(STALE)) == silenced_ids
+        assert query(prom, f'ALERTS{{alertname=~"{STALE}|{OFFLINE}", alertstate="firing"}}') == []
+        assert set(hooks.latest_status(STALE, "environment_id")) == silenced_ids
+        assert set(hooks.latest_status(OFFLINE, "connection_name")) == {dying.connection_name}
 
 
 def test_alertmanager_inhibits_fleet_alerts_while_the_exporter_is_down(workdir: Path) -> None:

@@ -14,7 +14,14 @@ import promql_parser
 import pytest
 import yaml
 
-from monitoring.files import render_rules
+from monitoring.files import (
+    EXAMPLE_HEADER,
+    RULES_HEADER,
+    WATCHING_EXAMPLE,
+    render_rules,
+    render_watching_example,
+)
+from monitoring.rules import ALERTS_GROUP, NOTHING, RULES_GROUP
 from monitoring.settings import ConfigError, check_config, load_config, merge, parse_duration
 from tests.conftest import ROOT, require_tool, wait_until
 
@@ -31,6 +38,7 @@ EXPECTED_ALERTS = {
     "LettaExporterPollFailing": "warning",
     "LettaExporterRateLimited": "warning",
     "LettaEnvironmentHeartbeatStale": "warning",
+    "LettaEnvironmentOffline": "warning",
     "LettaEnvironmentsOnlineDrop": "critical",
     "LettaEnvironmentsNoneOnline": "critical",
     "LettaEnvironmentsVersionDrift": "warning",
@@ -73,6 +81,16 @@ def shipped() -> dict[str, dict[str, Any]]:
 
 
 # --- the generator (tests/test_bundle.py checks every generated file for drift) ---------
+
+
+def test_the_watching_example_differs_from_the_shipped_rules_in_the_selector_alone() -> None:
+    shipped_text = render_rules(check_config(load_config()))
+    example = render_watching_example(check_config(load_config()))
+    assert example.startswith(EXAMPLE_HEADER)
+    assert example.removeprefix(EXAMPLE_HEADER) == shipped_text.removeprefix(RULES_HEADER).replace(
+        NOTHING, WATCHING_EXAMPLE
+    )
+    assert NOTHING in shipped_text, "the shipped rules watch nothing"
 
 
 def test_the_shipped_alerts_and_severities(shipped: dict[str, dict[str, Any]]) -> None:
@@ -235,6 +253,13 @@ def test_promtool_checks_the_rules(promtool: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     rules = sum(len(g["rules"]) for g in yaml.safe_load(RULES_PATH.read_text())["groups"])
     assert f"SUCCESS: {rules} rules found" in result.stdout
+
+
+def test_every_rule_test_file_evaluates_the_recording_rules_first() -> None:
+    # Without it promtool evaluates the two groups in a random order at each step.
+    for path in RULE_TESTS:
+        order = yaml.safe_load(path.read_text(encoding="utf-8")).get("group_eval_order")
+        assert order == [RULES_GROUP, ALERTS_GROUP], f"{path.name}: group_eval_order"
 
 
 def test_promtool_rule_unit_tests_pass(promtool: str) -> None:

@@ -14,8 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Secret, load_config, parse_duration
 from exporter.errors import ConfigError
-from exporter.simulator import SimulatorHTTPServer
+from exporter.simulator import LATEST_RELEASE, SimulatorHTTPServer
 from tests.conftest import API_KEY, ROOT, exporter_process, require_tool, wait_until
+
+LATEST_INFO = (
+    f'letta_environments_latest_version_info{{version="{LATEST_RELEASE}",source="registry"}} 1'
+)
 
 FLEET_FAMILIES = {
     "letta_environments",
@@ -211,9 +215,7 @@ def test_once_prints_the_exposition_and_it_passes_promtool(simulator: SimulatorH
         if s.name == "letta_environments"
     )
     assert environments == 60
-    assert 'letta_environments_latest_version_info{version="0.32.18",source="registry"} 1' in (
-        result.stdout
-    )
+    assert LATEST_INFO in (result.stdout)
     check = subprocess.run(
         [require_tool("promtool"), "check", "metrics"],
         input=result.stdout,
@@ -269,9 +271,7 @@ def test_the_real_cli_serves_every_family_from_the_simulator(
             return 0.0
 
         wait_until(lambda: polls() >= 3, 15, "three successful polls")
-        assert 'letta_environments_latest_version_info{version="0.32.18",source="registry"} 1' in (
-            text
-        )
+        assert LATEST_INFO in (text)
         assert 'letta_exporter_release_lookups_total{result="success"} 1.0' in text
         assert 'href="/metrics"' in httpx.get(f"{url}/").text
 

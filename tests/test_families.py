@@ -12,6 +12,7 @@ from exporter.families import (
     classify,
     latest_version,
     normalise_mode,
+    os_version_label,
     render_fleet,
     view,
 )
@@ -68,6 +69,7 @@ def test_state_is_judged_at_fetch_time(overrides: dict[str, Any], state: str) ->
     [
         ("default", "standard"),
         ("bypassPermissions", "unrestricted"),
+        ("fullAccess", "unrestricted"),
         ("standard", "standard"),
         ("acceptEdits", "acceptEdits"),
         ("strict", "strict"),
@@ -110,8 +112,9 @@ def test_fixture_fleet_counts() -> None:
     assert updates == {
         ("true", "true"): 1,
         ("true", "false"): 1,
+        ("false", "true"): 1,
         ("false", "false"): 1,
-        ("unknown", "unknown"): 4,
+        ("unknown", "unknown"): 3,
     }
     assert sum(updates.values()) == 7  # connected only: e is offline
 
@@ -151,6 +154,10 @@ def test_per_environment_series_omit_null_timestamps() -> None:
         "version": "0.32.18",
         "node_version": "v22.11.0",
         "user_id": "user-1",
+        "runtime": "host",
+        "arch": "arm64",
+        "os_name": "macOS",
+        "os_version": "15.1",
     }
     assert info["env-g"]["connection_name"] == 'quote " back \\ new\nline {brace} \U0001f600'
     connected = {lb["environment_id"]: v for lb, v in s["letta_environment_connected"]}
@@ -237,3 +244,113 @@ def test_rows_seen_on_two_pages_count_once() -> None:
 def test_rendering_is_a_pure_function_of_the_snapshot() -> None:
     snap = fixture_snapshot()
     assert render_fleet(snap, make_config()).text == render_fleet(snap, make_config()).text
+
+
+def test_machine_inventory_of_the_fixture_fleet() -> None:
+    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
+    machines = s["letta_environments_machine"]
+    for state in STATES:  # the same environments as letta_environments, by other labels
+        assert total(machines, state=state) == total(s["letta_environments"], state=state)
+    by_runtime = {r: total(machines, runtime=r) for r in ("desktop", "sandbox", "container")}
+    assert by_runtime == {"desktop": 1, "sandbox": 1, "container": 1}  # h, f, b
+    assert total(machines, runtime="host") == 2  # a (macOS) and c (Windows)
+    assert total(machines, runtime="unknown") == 3  # d, e (no machine), g (not an object)
+    assert {
+        (lb["runtime"], lb["arch"], lb["os_name"], lb["os_version"])
+        for lb, _ in machines
+        if lb["runtime"] != "unknown"
+    } == {
+        ("host", "arm64", "macOS", "15.1"),
+        ("container", "x64", "Ubuntu", "24.04"),
+        ("host", "x64", "Microsoft Windows 11 Pro", "10.0"),
+        ("sandbox", "unknown", "unknown", "unknown"),
+        ("desktop", "arm64", "macOS", "14.6"),
+    }
+    info = {lb["environment_id"]: lb for lb, _ in s["letta_environment_info"]}
+    assert (info["env-b"]["runtime"], info["env-b"]["os_name"]) == ("container", "Ubuntu")
+    assert info["env-g"]["runtime"] == info["env-g"]["arch"] == "unknown"
+
+
+def test_memory_cpu_and_gpu_of_connected_machines() -> None:
+    s = samples_by_name(render_fleet(fixture_snapshot(), make_config()).text)
+    gib = 2**30
+    buckets = {float(lb["le"]): v for lb, v in s["letta_environments_memory_bytes_bucket"]}
+    # Connected with memoryBytes: b 8 GiB, h 16 GiB, c 32 GiB, a 36 GiB.
+    assert buckets[8 * gib] == 1 and buckets[16 * gib] == 2 and buckets[32 * gib] == 3
+    assert buckets[64 * gib] == 4 and buckets[float("inf")] == 4
+    assert s["letta_environments_memory_bytes_sum"] == [({}, 92.0 * gib)]
+    cpus = {lb["cpu"]: v for lb, v in s["letta_environments_cpu"]}
+    assert cpus == {
+        "Apple M3 Pro": 1,
+        "AMD EPYC 7B13": 1,
+        "13th Gen Intel(R) Core(TM) i7-13700H": 1,
+        "unknown": 1,  # h reports its machine but not its CPU
+    }
+    gpus = {lb["gpu"]: v for lb, v in s["letta_environments_gpu"]}
+    assert gpus == {
+        "Apple M3 Pro": 1,
+        "none": 1,  # b: an empty list
+        "NVIDIA GeForce RTX 4060 Laptop GPU": 1,  # c has two GPU models: once in each
+        "Intel(R) Iris(R) Xe Graphics": 1,
+        "unknown": 1,  # h
+    }
+
+
+def test_cpu_models_beyond_the_most_common_count_as_other() -> None:
+    rows = [
+        upstream_row(
+            f"e{i:03d}",
+            connectionId="c",
+            lastHeartbeat=T_MS,
+            metadata={"machine": {"cpu": f"cpu-{i % 25:02d}"}},
+        )
+        for i in range(100)
+    ]
+    snap = snapshot_from(json.dumps({"connections": rows, "hasNextPage": False}).encode())
+    cpus = {
+        lb["cpu"]: v
+        for lb, v in samples_by_name(render_fleet(snap, make_config()).text)[
+            "letta_environments_cpu"
+        ]
+    }
+    assert len(cpus) == 21 and cpus["other"] == 20  # 5 models of 4 environments each
+    assert sum(cpus.values()) == 100
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("15.1.1", "15.1"),
+        ("24.04", "24.04"),
+        ("12", "12"),
+        ("10.0.22631", "10.0"),
+        ("v14.6", "14.6"),
+        (" 11 (bullseye)", "11"),
+        ("Sonoma", "unknown"),
+        ("", "unknown"),
+        (None, "unknown"),
+    ],
+)
+def test_os_version_keeps_two_numeric_parts(text: str | None, label: str) -> None:
+    assert os_version_label(text) == label
+
+
+@pytest.mark.parametrize(
+    ("device_id", "machine", "runtime"),
+    [
+        ("desktop:abc", {"model": "Container"}, "desktop"),
+        ("sandbox-agent-1", None, "sandbox"),
+        ("d", {"model": "Container"}, "container"),
+        ("d", {"model": "container"}, "host"),  # exactly `Container`, as Letta Code writes it
+        ("d", {}, "host"),
+        ("d", None, "unknown"),
+    ],
+)
+def test_runtime_from_device_and_machine(
+    device_id: str, machine: dict[str, Any] | None, runtime: str
+) -> None:
+    metadata = None if machine is None else {"machine": machine}
+    row = upstream_row("x", deviceId=device_id, metadata=metadata)
+    snap = snapshot_from(json.dumps({"connections": [row], "hasNextPage": False}).encode())
+    (v,) = view(snap, 120)
+    assert v.host.runtime == runtime

@@ -183,3 +183,56 @@ def test_non_json_bodies_raise_invalid_json(body: bytes) -> None:
 def test_a_body_of_the_wrong_shape_is_a_validation_error(document: object) -> None:
     with pytest.raises(ValidationError):
         parse_page(json.dumps(document).encode())
+
+
+def test_machine_facts_parse_when_present() -> None:
+    machine = {
+        "architecture": "arm64",
+        "osName": "macOS",
+        "osVersion": "15.1",
+        "model": "MacBook Pro",
+        "cpu": "Apple M3 Pro",
+        "memoryBytes": 38654705664,
+        "gpus": ["Apple M3 Pro"],
+    }
+    body = json.dumps({"connections": [_row(metadata={"machine": machine})], "hasNextPage": False})
+    (c,) = parse_page(body.encode()).connections
+    assert c.metadata is not None and c.metadata.machine is not None
+    m = c.metadata.machine
+    assert (m.architecture, m.os_name, m.os_version, m.model, m.cpu) == (
+        "arm64",
+        "macOS",
+        "15.1",
+        "MacBook Pro",
+        "Apple M3 Pro",
+    )
+    assert m.memory_bytes == 38654705664 and m.gpus == ("Apple M3 Pro",)
+
+
+@pytest.mark.parametrize(
+    ("machine", "kept"),
+    [
+        ("a string", None),
+        ([1, 2], None),
+        (7, None),
+        ({"architecture": 64, "osName": "Ubuntu"}, {"os_name": "Ubuntu"}),
+        ({"memoryBytes": "16 GB", "cpu": "x"}, {"cpu": "x"}),
+        ({"memoryBytes": True}, {}),
+        ({"gpus": "Apple M3", "model": "Container"}, {"model": "Container"}),
+        ({"gpus": [1, "x"]}, {}),
+    ],
+)
+def test_a_wrong_typed_machine_costs_its_facts_never_the_row(
+    machine: object, kept: dict[str, object] | None
+) -> None:
+    rows = [_row(metadata={"lettaCodeVersion": "0.34.12", "machine": machine})]
+    page = parse_page(json.dumps({"connections": rows, "hasNextPage": False}).encode())
+    assert page.invalid == ()
+    (c,) = page.connections
+    assert c.metadata is not None and c.metadata.letta_code_version == "0.34.12"
+    if kept is None:
+        assert c.metadata.machine is None
+    else:
+        assert c.metadata.machine is not None
+        given = {k: v for k, v in c.metadata.machine.model_dump().items() if v is not None}
+        assert given == kept

@@ -10,6 +10,7 @@ the number of valid rows, each id once. `promtool check metrics` reads a handful
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections import Counter
 from typing import Any
@@ -85,9 +86,25 @@ SELF_UPDATE = st.fixed_dictionaries(
     {"supported": st.booleans(), "writable": st.booleans()},
     optional={"install_path": TEXT, "manual_command": TEXT, "reason": st.none() | TEXT},
 )
+MACHINE = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "architecture": st.sampled_from(["x64", "arm64"]) | TEXT | st.integers(),
+            "osName": st.sampled_from(["macOS", "Ubuntu", "Microsoft Windows 11 Pro"]) | TEXT,
+            "osVersion": st.sampled_from(["15.1.1", "24.04", "12", "10.0.22631"]) | TEXT,
+            "model": st.sampled_from(["Container", "MacBook Pro"]) | TEXT,
+            "cpu": TEXT,
+            "memoryBytes": st.integers(0, 2**40) | st.floats(0, 1e12) | TEXT,
+            "gpus": st.lists(TEXT, max_size=3) | TEXT,
+        },
+    ),
+    st.sampled_from(["a string", 7, ["list"]]),  # wrong-typed: unknown, never an invalid row
+)
 METADATA = st.fixed_dictionaries(
     {},
     optional={
+        "machine": st.none() | MACHINE,
         "gitBranch": st.none() | TEXT,
         "lettaCodeVersion": st.none() | VERSIONS,
         "nodeVersion": st.none() | TEXT,
@@ -158,6 +175,35 @@ def or_unknown(value: str | None, limit: int = SHORT) -> str:
     return clean(value, limit) if value else "unknown"
 
 
+def expected_host(row: dict[str, Any]) -> dict[str, str]:
+    """runtime, arch, os_name and os_version as docs/metrics.md defines them."""
+    machine = (row.get("metadata") or {}).get("machine")
+    if not isinstance(machine, dict):
+        machine = None  # a wrong-typed key costs that key only, a wrong-typed machine all
+    device = row["deviceId"]
+    if device.startswith("desktop:"):
+        runtime = "desktop"
+    elif device.startswith("sandbox-"):
+        runtime = "sandbox"
+    elif machine is None:
+        runtime = "unknown"
+    else:
+        runtime = "container" if machine.get("model") == "Container" else "host"
+    machine = machine or {}
+
+    def text(key: str) -> str | None:
+        value = machine.get(key)
+        return value if isinstance(value, str) else None
+
+    version = re.match(r"\s*v?([0-9]+(?:\.[0-9]+)?)", text("osVersion") or "")
+    return {
+        "runtime": runtime,
+        "arch": or_unknown(text("architecture")),
+        "os_name": or_unknown(text("osName")),
+        "os_version": clean(version.group(1), SHORT) if version else "unknown",
+    }
+
+
 def expected_info(row: dict[str, Any]) -> dict[str, str]:
     metadata = row.get("metadata") or {}
     mode = row.get("currentMode")
@@ -170,6 +216,7 @@ def expected_info(row: dict[str, Any]) -> dict[str, str]:
         "version": or_unknown(metadata.get("lettaCodeVersion")),
         "node_version": or_unknown(metadata.get("nodeVersion")),
         "user_id": clean(row.get("userId") or "", LONG),
+        **expected_host(row),
         "working_directory": clean(metadata.get("workingDirectory") or "", PATH),
         "git_branch": clean(metadata.get("gitBranch") or "", LONG),
     }
@@ -224,6 +271,7 @@ def test_any_payload_renders_an_exposition_that_parses_round_trips_and_adds_up()
 
         counts = sum(s.value for s in families["letta_environments"].samples)
         assert counts == environments == len(first)
+        assert sum(s.value for s in families["letta_environments_machine"].samples) == counts
         connected = sum(
             1 for r in first.values() if r["connectionId"]
         )  # a lease is a non-empty connectionId

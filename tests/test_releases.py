@@ -24,7 +24,7 @@ from exporter.families import (
 from exporter.models import Connection
 from exporter.releases import ReleaseInfo, ReleaseLookup, parse_packument
 from exporter.selfmetrics import ExporterMetrics
-from exporter.simulator import SimulatorHTTPServer
+from exporter.simulator import LATEST_RELEASE, RELEASES, SimulatorHTTPServer
 from tests.conftest import make_config
 from tests.fleet import (
     FIXTURE_TIME,
@@ -172,7 +172,8 @@ def test_the_simulator_serves_a_registry_document(simulator: SimulatorHTTPServer
         assert lookup.refresh()
     finally:
         lookup.close()
-    assert lookup.current is not None and lookup.current.latest == "0.32.18"
+    assert lookup.current is not None and lookup.current.latest == LATEST_RELEASE
+    assert set(lookup.current.published) == set(RELEASES)
 
 
 def _current(version: str, source: str = "registry") -> CurrentVersion:
@@ -227,16 +228,17 @@ def test_drift_families_of_the_fixture_fleet_against_a_registry_release() -> Non
     # a, g (0.32.18) and b (0.32.17) online; c (prerelease of 0.32.18) and h stale; e offline.
     assert gaps == {("online", "minor"): 3, ("stale", "minor"): 2, ("offline", "minor"): 1}
     # Connected and outdated: a (can: supported, writable, has the command), b (not writable),
-    # c (no self_update), g (none), h (desktop).
+    # c (installed from PyPI), g (no self_update), h (desktop).
     assert s["letta_environments_upgradable"] == [({}, 1.0)]
     reasons = {lb["reason"]: v for lb, v in s["letta_environments_not_upgradable"]}
     assert reasons == {
         "desktop_managed": 1,
         "source_checkout": 0,
+        "python_installer": 1,
         "not_writable": 1,
         "unsupported": 0,
         "no_upgrade_command": 0,
-        "unknown": 2,
+        "unknown": 1,
     }
     stamps = {lb["version"]: v for lb, v in s["letta_code_release_timestamp_seconds"]}
     assert stamps == {"0.32.18": 1_790_144_743.5, "0.29.0": 1_782_983_521.0}  # only present ones
@@ -302,6 +304,52 @@ def _connection(metadata: dict[str, Any] | None) -> Connection:
             "source_checkout",
         ),
         ({"self_update": {"supported": True, "writable": False}}, "not_writable"),
+        # Letta Code's own words (src/updater/auto-update.ts); a path may hold any word.
+        (
+            {
+                "self_update": {
+                    "supported": False,
+                    "writable": True,
+                    "reason": "This Letta Code runtime is managed by a Python package installer.",
+                    "manual_command": "Upgrade with your installer: uv tool upgrade letta, "
+                    "pipx upgrade letta, or python -m pip install --upgrade letta",
+                }
+            },
+            "python_installer",
+        ),
+        (
+            {
+                "self_update": {
+                    "supported": False,
+                    "writable": False,
+                    "reason": "Self-update is disabled because this Letta Code runtime is "
+                    "managed by Letta Code Desktop.",
+                }
+            },
+            "desktop_managed",
+        ),
+        (
+            {
+                "self_update": {
+                    "supported": False,
+                    "writable": True,
+                    "reason": "Self-update is disabled for development/source checkouts.",
+                }
+            },
+            "source_checkout",
+        ),
+        (
+            {
+                "self_update": {
+                    "supported": True,
+                    "writable": False,
+                    "reason": "Self-update requires write access to /Users/bob/Desktop/git/"
+                    "python/lib. Run npm install -g @letta-ai/letta-code@latest manually or "
+                    "reinstall Letta Code in a user-writable npm prefix.",
+                }
+            },
+            "not_writable",
+        ),
         (
             {"self_update": {"supported": False, "writable": True, "reason": "beta build"}},
             "unsupported",

@@ -164,3 +164,31 @@ def test_openmetrics_when_asked_first_the_same_fleet_bytes_then_own_families_and
     assert response.content.startswith(fleet) and response.content.endswith(b"# EOF\n")
     families = {f.name for f in openmetrics_families(response.text)}  # the strict parser
     assert {"letta_environments", "letta_exporter_polls", "letta_environment_info"} <= families
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("gzip, deflate, br", True),
+        ("GZIP;q=0.5", True),
+        ("br;q=1.0, gzip;q=0.8, *;q=0.1", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("identity, gzip;q=0", False),
+        ("*;q=0.5, gzip;q=0", False),
+        ("identity", False),
+        ("", False),
+        ("gzip;q=soon", False),
+    ],
+)
+def test_gzip_only_when_accept_encoding_allows_it(
+    served: tuple, accept_encoding: str, gzipped: bool
+) -> None:
+    url, state, clock = served
+    fleet = _publish(state, clock.now)
+    response = httpx.get(f"{url}/metrics", headers={"Accept-Encoding": accept_encoding})
+    assert response.status_code == 200
+    assert (response.headers.get("content-encoding") == "gzip") is gzipped
+    assert fleet in response.content  # httpx inflates a gzipped body: the same bytes either way

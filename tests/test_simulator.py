@@ -191,3 +191,132 @@ def test_state_endpoint_and_page_size_cap() -> None:
         assert state["online"] + state["stale"] + state["offline"] == 30
     finally:
         server.close()
+
+
+# --- the relay's behaviour ------------------------------------------------------------------
+
+
+def _all_rows(fleet: SimulatedFleet, now: float) -> list[dict[str, object]]:
+    return [row for spec in fleet.specs for row, _ in fleet.rows(spec, now)]
+
+
+def test_a_dead_machine_loses_its_lease_after_the_relay_timeout_and_returns_as_a_new_row() -> None:
+    now = [1_800_000_000.0]
+    fleet = SimulatedFleet(
+        size=20,
+        seed=4,
+        heartbeat_interval=30.0,
+        churn=False,
+        clock=lambda: now[0],
+        row_ttl=3600.0,
+    )
+    spec = next(s for s in fleet.specs if not s.never_connected)
+    last = fleet.stop(fleet.machines(names=[spec.connection_name]))[spec.connection_name]
+    assert now[0] - 30 < last <= now[0]  # its last regular heartbeat
+    now[0] = last + 119  # the relay has not given up yet: still leased, heartbeat old
+    row, state = fleet.row(spec, now[0])
+    assert row["connectionId"] and row["lastHeartbeat"] == int(last * 1000)
+    assert state == "online"
+    now[0] = last + 121  # ~120 s of silence: the lease is cleared
+    row, state = fleet.row(spec, now[0])
+    assert (row["connectionId"], row["connectedAt"], state) == (None, None, "offline")
+    assert row["id"] == spec.id
+
+    fleet.start()  # it comes back under a new row; the old one stays, offline
+    (old, old_state), (new, new_state) = fleet.rows(spec, now[0])
+    assert (old["id"], old_state) == (spec.id, "offline")
+    assert new["id"] != spec.id and str(new["id"]).startswith(spec.id)
+    assert new_state == "online" and new["connectionName"] == spec.connection_name
+    now[0] += 3601  # the old row ages out
+    assert [r["id"] for r, _ in fleet.rows(spec, now[0])] == [new["id"]]
+
+
+def test_a_churning_fleet_drops_leases_on_time_gets_some_stuck_and_re_registers() -> None:
+    now = [1_800_000_000.0]
+    hb = 30.0
+    fleet = SimulatedFleet(size=300, seed=8, heartbeat_interval=hb, clock=lambda: now[0])
+    lease_timeout, ttl = 4 * hb, 120 * hb
+    seen_new_rows = stale = leased_and_silent = 0
+    for _ in range(48):  # 8 hours, every 10 minutes
+        now[0] += 600
+        for spec in fleet.specs:
+            rows = fleet.rows(spec, now[0])
+            assert [r["id"] for r, _ in rows] == sorted(r["id"] for r, _ in rows)
+            assert sum(1 for _, state in rows if state != "offline") <= 1  # one live row
+            for row, state in rows:
+                beat = row["lastHeartbeat"]
+                age = None if beat is None else now[0] - beat / 1000
+                if state == "stale":
+                    stale += 1
+                elif state == "online":
+                    assert age is not None and age < lease_timeout
+                    leased_and_silent += age > hb
+                else:
+                    assert row["connectionId"] is None
+                    assert age is None or age >= lease_timeout or row is not rows[-1][0]
+                    assert age is None or age <= ttl + spec.period  # old rows age out
+            seen_new_rows += sum(1 for r, _ in rows if len(str(r["id"])) > len(spec.id))
+    assert seen_new_rows > 0, "no machine re-registered under a new row id"
+    assert leased_and_silent > 0, "no machine was seen dead before the relay noticed"
+    online = sum(1 for spec in fleet.specs for _, s in fleet.rows(spec, now[0]) if s == "online")
+    assert 0 < stale < online * 48 * 0.1, "stuck leases should be real, but rare"
+
+
+def test_the_official_sdk_pages_through_several_rows_per_machine() -> None:
+    clock = 1_800_000_000.0
+    server = start_simulator(fleet_size=80, seed=6, api_key=API_KEY, clock=lambda: clock)
+    fleet = server.fleet
+    for spec in fleet.specs[:10]:  # ten machines restarted: two rows each
+        fleet.stop([spec])
+    fleet.start()
+    sdk = Letta(api_key=API_KEY, base_url=server.url, max_retries=0)
+    try:
+        ids = _all_ids(sdk, limit="7")
+    finally:
+        sdk.close()
+        server.close()
+    expected = [row["id"] for row in _all_rows(fleet, clock)]
+    assert len(expected) >= 90
+    assert ids == expected == sorted(expected) and len(set(ids)) == len(ids)
+
+
+def test_hidden_machines_vanish_from_the_list_and_come_back(
+    simulator: SimulatorHTTPServer,
+) -> None:
+    url = simulator.url
+    name = simulator.fleet.specs[0].connection_name
+    assert httpx.post(f"{url}/_simulator/hide", json={"names": [name]}).status_code == 200
+    names = {r["connectionName"] for r in _get(url, limit="100").json()["connections"]}
+    assert name not in names and len(names) >= 50
+    assert httpx.get(f"{url}/_simulator/state").json()["hidden"] == [simulator.fleet.specs[0].id]
+    httpx.delete(f"{url}/_simulator/hide")
+    names = {r["connectionName"] for r in _get(url, limit="100").json()["connections"]}
+    assert name in names
+    missing = httpx.post(f"{url}/_simulator/stop", json={"names": ["no-such-machine"]})
+    assert missing.status_code == 400
+
+
+def test_the_fleet_has_desktops_sandboxes_containers_and_machine_facts_from_0_34_on() -> None:
+    fleet = SimulatedFleet(size=600, seed=12, heartbeat_interval=30.0, churn=False)
+    rows = [row for row, _ in (fleet.row(spec, fleet.clock()) for spec in fleet.specs)]
+    devices = [str(r["deviceId"]) for r in rows]
+    assert any(d.startswith("desktop:") for d in devices)
+    assert any(d.startswith("sandbox-") for d in devices)
+    machines = []
+    for row in rows:
+        metadata = row.get("metadata") or {}
+        assert isinstance(metadata, dict)
+        version = str(metadata.get("lettaCodeVersion") or "")
+        if "machine" in metadata:
+            assert version.startswith(("0.34.", "0.35.")), version
+            machines.append(metadata["machine"])
+        elif version.startswith(("0.34.", "0.35.")):
+            pytest.fail(f"a {version} client without metadata.machine")
+    assert {m.get("architecture") for m in machines} >= {"x64", "arm64"}
+    assert any(m.get("model") == "Container" for m in machines)
+    names = {m.get("osName") for m in machines}
+    assert {"macOS", "Ubuntu", "Debian GNU/Linux"} <= names
+    assert any(str(n).startswith("Microsoft Windows") for n in names)
+    assert len({m.get("osVersion") for m in machines if m.get("osName") == "macOS"}) >= 2
+    reasons = {((r.get("metadata") or {}).get("self_update") or {}).get("reason") for r in rows}
+    assert "This Letta Code runtime is managed by a Python package installer." in reasons
