@@ -1926,6 +1926,382 @@
           },
           "repeatDirection": "h",
         },
+        {
+          "type": "row",
+          "collapsed": false,
+          "id": 30,
+          "panels": [],
+          "title": "Machines",
+          "gridPos": {
+            "h": 1,
+            "w": 24,
+            "x": 0,
+            "y": 66,
+          },
+        },
+        {
+          "type": "stat",
+          "transparent": false,
+          "transformations": [],
+          "options": {
+            "graphMode": "area",
+            "colorMode": "background",
+            "justifyMode": "auto",
+            "reduceOptions": {
+              "calcs": [
+                "lastNotNull",
+              ],
+              "values": false,
+            },
+            "textMode": "auto",
+            "orientation": "auto",
+          },
+          "fieldConfig": {
+            "defaults": {
+              "unit": "short",
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "value": null,
+                    "color": "green",
+                  },
+                  {
+                    "value": 1,
+                    "color": "red",
+                  },
+                ],
+              },
+            },
+            "overrides": [],
+          },
+          "id": 31,
+          "targets": [
+            {
+              "expr": "count without (connection_name) (job_connection:letta_environment_watched_online:max{job=~\"$job\"} == 0)\nor\n0 * job:letta_exporter_replicas_serving:count{job=~\"$job\"}",
+              "refId": "A",
+              "instant": false,
+              "range": true,
+              "legendFormat": "{{job}}",
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+            },
+          ],
+          "title": "Watched machines down",
+          "description": "Machines that LettaEnvironmentOffline watches (its selector in alerts/config.yml; none by default) that are listed but have no row online: lease cleared, or held without heartbeating. The alert also fires for a watched machine whose rows left the list. From the recording rule the alert reads.",
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 4,
+            "x": 0,
+            "y": 67,
+          },
+          "links": [
+            {
+              "title": "Runbook: LettaEnvironmentOffline",
+              "type": "link",
+              "icon": "",
+              "tooltip": "",
+              "url": ($._config.runbook_base_url + "#lettaenvironmentoffline"),
+              "tags": [],
+              "asDropdown": false,
+              "targetBlank": true,
+              "includeVars": false,
+              "keepTime": false,
+            },
+          ],
+          "repeatDirection": "h",
+        },
+        {
+          "type": "table",
+          "transparent": false,
+          "transformations": [
+            {
+              "id": "organize",
+              "options": {
+                "excludeByName": {
+                  "Time": true,
+                  "__name__": true,
+                  "job": true,
+                },
+                "indexByName": {
+                  "connection_name": 0,
+                  "Value": 1,
+                },
+                "renameByName": {
+                  "Value": "state",
+                },
+              },
+            },
+          ],
+          "options": {
+            "frameIndex": 0,
+            "showHeader": true,
+            "showTypeIcons": false,
+            "footer": {
+              "show": false,
+              "reducer": [],
+              "countRows": false,
+            },
+            "cellHeight": "sm",
+          },
+          "fieldConfig": {
+            "defaults": {
+              "unit": "none",
+              "mappings": [
+                {
+                  "type": "value",
+                  "options": {
+                    "1": {
+                      "text": "Online",
+                      "color": "green",
+                      "index": 0,
+                    },
+                    "0": {
+                      "text": "Not online",
+                      "color": "red",
+                      "index": 1,
+                    },
+                  },
+                },
+              ],
+            },
+            "overrides": [],
+          },
+          "id": 32,
+          "targets": [
+            {
+              "expr": "job_connection:letta_environment_watched_online:max{job=~\"$job\"}",
+              "refId": "A",
+              "instant": true,
+              "range": false,
+              "format": "table",
+              "legendFormat": "__auto",
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+            },
+          ],
+          "title": "Watched machines",
+          "description": "Every watched machine listed now (by connection name): online while any of its rows is online, as LettaEnvironmentOffline counts it.",
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 8,
+            "x": 4,
+            "y": 67,
+          },
+          "links": [
+            {
+              "title": "Runbook: LettaEnvironmentOffline",
+              "type": "link",
+              "icon": "",
+              "tooltip": "",
+              "url": ($._config.runbook_base_url + "#lettaenvironmentoffline"),
+              "tags": [],
+              "asDropdown": false,
+              "targetBlank": true,
+              "includeVars": false,
+              "keepTime": false,
+            },
+          ],
+          "repeatDirection": "h",
+        },
+        {
+          "type": "timeseries",
+          "transparent": false,
+          "transformations": [],
+          "options": {
+            "legend": {
+              "displayMode": "table",
+              "placement": "right",
+              "showLegend": true,
+              "calcs": [
+                "lastNotNull",
+                "max",
+              ],
+              "sortBy": "Last *",
+              "sortDesc": true,
+            },
+            "tooltip": {
+              "mode": "multi",
+              "sort": "desc",
+            },
+          },
+          "fieldConfig": {
+            "defaults": {
+              "unit": "short",
+              "min": 0,
+              "custom": {
+                "lineInterpolation": "stepAfter",
+                "fillOpacity": 60,
+                "showPoints": "never",
+                "stacking": {
+                  "mode": "normal",
+                },
+              },
+            },
+            "overrides": [],
+          },
+          "id": 33,
+          "targets": [
+            {
+              "expr": ("sum by (runtime) (max without (" + std.join(', ', $._config.replica_labels) + ") (letta_environments_machine{job=~\"$job\", instance=~\"$instance\", state!=\"offline\"}))"),
+              "refId": "A",
+              "instant": false,
+              "range": true,
+              "legendFormat": "{{runtime}}",
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+            },
+          ],
+          "title": "Connected by runtime",
+          "description": "Connected environments by where Letta Code runs: `desktop` (Letta Code Desktop), `sandbox` (Letta Cloud), `container`, `host`, or `unknown` (no machine reported, before Letta Code 0.34).",
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 12,
+            "x": 12,
+            "y": 67,
+          },
+          "repeatDirection": "h",
+        },
+        {
+          "type": "bargauge",
+          "transparent": false,
+          "transformations": [],
+          "options": {
+            "displayMode": "gradient",
+            "valueMode": "color",
+            "showUnfilled": true,
+            "minVizWidth": 0,
+            "reduceOptions": {
+              "calcs": [
+                "lastNotNull",
+              ],
+              "values": false,
+            },
+            "minVizHeight": 10,
+            "orientation": "horizontal",
+          },
+          "fieldConfig": {
+            "defaults": {
+              "unit": "short",
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "value": null,
+                    "color": "blue",
+                  },
+                ],
+              },
+            },
+            "overrides": [],
+          },
+          "id": 34,
+          "targets": [
+            {
+              "expr": ("sum by (arch) (max without (" + std.join(', ', $._config.replica_labels) + ") (letta_environments_machine{job=~\"$job\", instance=~\"$instance\", state!=\"offline\"}))"),
+              "refId": "A",
+              "instant": true,
+              "range": false,
+              "legendFormat": "{{arch}}",
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+            },
+          ],
+          "title": "Connected by architecture",
+          "description": "Connected environments by CPU architecture of their machine (`unknown`: not reported).",
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 8,
+            "x": 0,
+            "y": 75,
+          },
+          "repeatDirection": "h",
+        },
+        {
+          "type": "bargauge",
+          "transparent": false,
+          "transformations": [],
+          "options": {
+            "displayMode": "gradient",
+            "valueMode": "color",
+            "showUnfilled": true,
+            "minVizWidth": 0,
+            "reduceOptions": {
+              "calcs": [
+                "lastNotNull",
+              ],
+              "values": false,
+            },
+            "minVizHeight": 10,
+            "orientation": "horizontal",
+          },
+          "fieldConfig": {
+            "defaults": {
+              "unit": "short",
+              "thresholds": {
+                "mode": "absolute",
+                "steps": [
+                  {
+                    "value": null,
+                    "color": "blue",
+                  },
+                ],
+              },
+            },
+            "overrides": [],
+          },
+          "id": 35,
+          "targets": [
+            {
+              "expr": ("sum by (os_name, os_version) (max without (" + std.join(', ', $._config.replica_labels) + ") (letta_environments_machine{job=~\"$job\", instance=~\"$instance\", state!=\"offline\"}))"),
+              "refId": "A",
+              "instant": true,
+              "range": false,
+              "legendFormat": "{{os_name}} {{os_version}}",
+              "datasource": {
+                "type": "prometheus",
+                "uid": "${datasource}",
+              },
+            },
+          ],
+          "title": "Connected by OS version",
+          "description": "Connected environments by operating system and its version (first two parts), as their machine reports them.",
+          "datasource": {
+            "type": "prometheus",
+            "uid": "${datasource}",
+          },
+          "gridPos": {
+            "h": 8,
+            "w": 16,
+            "x": 8,
+            "y": 75,
+          },
+          "repeatDirection": "h",
+        },
       ],
       "links": [
         {
@@ -2551,6 +2927,10 @@
                   "mode": 5,
                   "version": 6,
                   "node_version": 7,
+                  "runtime": 8,
+                  "arch": 9,
+                  "os_name": 10,
+                  "os_version": 11,
                 },
                 "renameByName": {},
               },

@@ -635,6 +635,78 @@ def fleet_overview(bundle: Bundle) -> Any:
             stacked=True,
         ),
     ]
+    watched = recorded(rules.WATCHED)
+    machines = [
+        stat_panel(
+            "Watched machines down",
+            "Machines that LettaEnvironmentOffline watches (its selector in alerts/config.yml; "
+            "none by default) that are listed but have no row online: lease cleared, or "
+            "held without heartbeating. The alert also fires for a watched machine whose rows "
+            "left the list. From the recording rule the alert reads.",
+            "short",
+            query(
+                f"count without (connection_name) ({watched} == 0)\nor\n"
+                f"0 * {recorded(rules.REPLICAS_SERVING)}",
+                "{{job}}",
+            ),
+            width=4,
+            height=8,
+            background=True,
+            colours=steps((None, "green"), (1, "red")),
+        ).links(runbooks(bundle, "LettaEnvironmentOffline")),
+        table_panel(
+            "Watched machines",
+            "Every watched machine listed now (by connection name): online while any of its "
+            "rows is online, as LettaEnvironmentOffline counts it.",
+            "none",
+            query(watched, table=True),
+            width=8,
+            height=8,
+            hidden=("Time", "__name__", "job"),
+            order=["connection_name", "Value"],
+            renames={"Value": "state"},
+        )
+        .mappings(value_map({"1": ("Online", "green"), "0": ("Not online", "red")}))
+        .links(runbooks(bundle, "LettaEnvironmentOffline")),
+        graph(
+            "Connected by runtime",
+            "Connected environments by where Letta Code runs: `desktop` (Letta Code Desktop), "
+            "`sandbox` (Letta Cloud), `container`, `host`, or `unknown` (no machine reported, "
+            "before Letta Code 0.34).",
+            "short",
+            query(
+                fleet("letta_environments_machine", "runtime", 'state!="offline"'), "{{runtime}}"
+            ),
+            width=12,
+            stacked=True,
+        ),
+        bars(
+            "Connected by architecture",
+            "Connected environments by CPU architecture of their machine (`unknown`: not "
+            "reported).",
+            "short",
+            query(
+                fleet("letta_environments_machine", "arch", 'state!="offline"'),
+                "{{arch}}",
+                instant=True,
+            ),
+            width=8,
+            colour="blue",
+        ),
+        bars(
+            "Connected by OS version",
+            "Connected environments by operating system and its version (first two parts), "
+            "as their machine reports them.",
+            "short",
+            query(
+                fleet("letta_environments_machine", "os_name, os_version", 'state!="offline"'),
+                "{{os_name}} {{os_version}}",
+                instant=True,
+            ),
+            width=16,
+            colour="blue",
+        ),
+    ]
     return dashboard(
         bundle,
         "letta-fleet-overview",
@@ -646,6 +718,7 @@ def fleet_overview(bundle: Bundle) -> Any:
             ("Versions", versions),
             ("Self-update and permissions", permissions),
             ("Version drift and upgrades", drift),
+            ("Machines", machines),
         ],
     )
 
@@ -747,6 +820,10 @@ def environment_detail(bundle: Bundle) -> Any:
                 "mode",
                 "version",
                 "node_version",
+                "runtime",
+                "arch",
+                "os_name",
+                "os_version",
             ],
         ),
     ]

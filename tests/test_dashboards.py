@@ -219,6 +219,8 @@ RUNBOOK_PANELS = {
     "Replicas serving": {"LettaExporterPollFailing", "LettaExporterDown"},
     "Replicas down or not polling": {"LettaExporterReplicaDown"},
     "Upstream API requests by status code": {"LettaExporterRateLimited"},
+    "Watched machines down": {"LettaEnvironmentOffline"},
+    "Watched machines": {"LettaEnvironmentOffline"},
 }
 
 

@@ -21,6 +21,8 @@ import pytest
 
 from exporter.simulator import start_simulator
 from monitoring import rules
+from monitoring.files import render_rules
+from monitoring.settings import check_config, load_config, merge
 from tests.conftest import (
     API_KEY,
     ROOT,
@@ -39,8 +41,10 @@ FLEET_SIZE = 60
 ONLINE_THRESHOLD = 3  # seconds, as --letta.online-threshold below
 RATE_WINDOW = "30s"  # stands in for $__rate_interval; short, so the test stays short
 STALE_FRACTION = 0.3
-# The dashboards read the shipped recording rules: this Prometheus evaluates them.
-RULES = ROOT / "alerts" / "letta-environments.rules.yml"
+# The dashboards read the shipped recording rules: this Prometheus evaluates them, with
+# LettaEnvironmentOffline watching some machines (it watches none as shipped).
+WATCH = 'runtime=~"host|container"'
+WATCHING = merge(load_config(), {"alerts": {"LettaEnvironmentOffline": {"selector": WATCH}}})
 # No panel is excused from returning data: the simulated fleet has every kind of environment
 # the dashboards single out (stale, unrestricted, outdated, prerelease, no metadata).
 
@@ -99,11 +103,11 @@ class Stack:
         return result
 
 
-def prometheus_config(targets: list[str]) -> str:
+def prometheus_config(targets: list[str], rules: Path) -> str:
     quoted = ", ".join(f'"{target}"' for target in targets)
     return (
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-        f"rule_files: [{RULES}]\n"
+        f"rule_files: [{rules}]\n"
         f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n"
         f"      - targets: [{quoted}]\n"
     )
@@ -112,7 +116,9 @@ def prometheus_config(targets: list[str]) -> str:
 @contextmanager
 def run_prometheus(binary: str, directory: Path, targets: list[str]) -> Iterator[str]:
     """A real Prometheus scraping ``targets`` every second; yields its URL."""
-    (directory / "prometheus.yml").write_text(prometheus_config(targets), encoding="utf-8")
+    rules = directory / "rules.yml"
+    rules.write_text(render_rules(check_config(WATCHING)), encoding="utf-8")
+    (directory / "prometheus.yml").write_text(prometheus_config(targets, rules), encoding="utf-8")
     url = f"http://127.0.0.1:{free_port()}"
     log_path = directory / "prometheus.log"
     with open(log_path, "wb") as log:
@@ -346,6 +352,12 @@ SHARED = [
         ("LettaEnvironmentsUnrestrictedMode",),
     ),
     (
+        "letta-fleet-overview.json",
+        "Watched machines",
+        rules.WATCHED,
+        ("LettaEnvironmentOffline",),
+    ),
+    (
         "letta-exporter-health.json",
         "Replicas serving",
         rules.REPLICAS_SERVING,
@@ -372,7 +384,7 @@ def by_labels(result: list[dict[str, Any]], *drop: str) -> dict[str, float]:
 def test_panels_show_what_alerts_read_while_replicas_disagree(stack: Stack) -> None:
     """With two replicas that poll at different moments, at an instant when they report
     different fleets, each panel over a number an alert watches returns the alert's input."""
-    shipped = {rule["alert"]: rule["expr"] for rule in rules.alerting_rules(BUNDLE)}
+    shipped = {rule["alert"]: rule["expr"] for rule in rules.alerting_rules(check_config(WATCHING))}
     # Environments going silent now change state at each replica's own next poll.
     online_now = [
         sample["metric"]["environment_id"]
