@@ -6,6 +6,7 @@ functions), so a panel and an alert never count the same thing two ways.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -95,7 +96,7 @@ def with_names(s: Settings, expr: str, *labels: str) -> str:
     info = s.select("letta_environment_info")
     return f"""\
 (
-{expr}
+{textwrap.indent(expr, "    ")}
 )
 * on (environment_id) group_left ({names})
   topk by (environment_id) (
