@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bench.procs import memory_of
 from exporter import __version__
 from exporter.config import DEFAULT_PORT
 from tests.conftest import ROOT, exporter_process, require_tool, wait_until
@@ -128,13 +129,6 @@ def test_resources_have_requests_within_limits_and_state_their_fleet_size() -> N
     assert f"{SIZED_FOR_ENVIRONMENTS:,} environments" in comment
 
 
-def peak_rss_bytes(pid: int) -> tuple[int, int]:
-    """(resident, high-water mark) of a process, from /proc."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.MULTILINE))
-    return int(fields["VmRSS"]) * 1024, int(fields["VmHWM"]) * 1024
-
-
 def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
     """The exporter polling and serving that many environments settles within the request, and
     stays within the limit even when the API and the registry then send the costliest answers
@@ -152,7 +146,7 @@ def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
             for _ in range(3):  # more polls and full scrapes: the peak of steady operation
                 body = httpx.get(exporter.url + "/metrics", timeout=30).text
                 time.sleep(2)
-            resident, _ = peak_rss_bytes(exporter.process.pid)
+            resident = memory_of(exporter.process.pid)["VmRSS"]
             server.mode, server.registry_mode = "string_flood", "gzip_bomb"
             wait_until(
                 lambda: (
@@ -164,7 +158,7 @@ def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
                 60,
                 "a refused page and a refused registry document",
             )
-            _, peak = peak_rss_bytes(exporter.process.pid)
+            peak = memory_of(exporter.process.pid)["VmHWM"]
     finally:
         server.close()
     assert body.count("letta_environment_connected{") == SIZED_FOR_ENVIRONMENTS
