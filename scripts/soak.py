@@ -19,13 +19,19 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client import disable_created_metrics
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/, beside scripts/
+
+from bench.procs import memory_of
 from exporter.client import EnvironmentsClient
 from exporter.config import Config, Secret
 from exporter.poller import Poller
@@ -45,15 +51,6 @@ class StepClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc/self/status (Linux)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,7 +103,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
                     {
                         "poll": number,
                         "elapsed": round(time.monotonic() - started, 2),
-                        "rss_mib": round(rss_bytes() / MIB, 2),
+                        "rss_mib": round(memory_of(os.getpid())["VmRSS"] / MIB, 2),
                         "environments": fleet.environments if fleet else 0,
                         "failed": failed,
                     }

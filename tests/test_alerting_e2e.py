@@ -25,6 +25,8 @@ import pytest
 import yaml
 
 from exporter.simulator import start_simulator
+from monitoring.rules import WATCHED
+from monitoring.settings import load_config, merge
 from tests.conftest import (
     API_KEY,
     TIME_TO_KNOW,
@@ -34,7 +36,7 @@ from tests.conftest import (
     stop_process,
     wait_until,
 )
-from tests.test_alerts import ALERTMANAGER_EXAMPLE, JOB, generator
+from tests.test_alerts import ALERTMANAGER_EXAMPLE, JOB, rules_text
 
 pytestmark = pytest.mark.slow
 
@@ -205,7 +207,10 @@ def alertmanager(webhook: str, workdir: Path) -> Iterator[Server]:
 
 
 @contextmanager
-def prometheus(targets: list[str], am_url: str, rules: str, workdir: Path) -> Iterator[Server]:
+def prometheus(
+    targets: list[dict[str, Any]], am_url: str, rules: str, workdir: Path
+) -> Iterator[Server]:
+    """A real Prometheus scraping the static ``targets`` (with their labels) in the one job."""
     binary = require_tool("prometheus")
     (workdir / "rules.yml").write_text(rules, encoding="utf-8")
     config = {
@@ -214,7 +219,7 @@ def prometheus(targets: list[str], am_url: str, rules: str, workdir: Path) -> It
         "alerting": {
             "alertmanagers": [{"static_configs": [{"targets": [urlsplit(am_url).netloc]}]}]
         },
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+        "scrape_configs": [{"job_name": JOB, "static_configs": targets}],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
     (workdir / "tsdb").mkdir()
@@ -295,7 +300,6 @@ def test_dead_and_stuck_machines_page_once_through_alertmanager_and_resolve(
     to the notification measured: the relay clears a dead watched machine's lease
     (LettaEnvironmentOffline), or keeps it stuck (LettaEnvironmentHeartbeatStale)."""
     deadline = time.monotonic() + BUDGET
-    gen = generator()
     with ExitStack() as stack:
         sim = start_simulator(
             fleet_size=30,
@@ -312,8 +316,8 @@ def test_dead_and_stuck_machines_page_once_through_alertmanager_and_resolve(
         names = (dying.connection_name, healthy.connection_name)
         assert all(re.fullmatch(r"[a-z0-9-]+", name) for name in names)
         watch = f'connection_name=~"{"|".join(names)}"'
-        short = gen.merge(SHORT_RULES, {"alerts": {OFFLINE: {"selector": watch}}})
-        rules = gen.render_rules(gen.merge(gen.load_config(), short))
+        short = merge(SHORT_RULES, {"alerts": {OFFLINE: {"selector": watch}}})
+        rules = rules_text(merge(load_config(), short))
         flags = (
             f"--letta.base-url={sim.url}",
             "--letta.poll-interval=1s",
@@ -324,7 +328,7 @@ def test_dead_and_stuck_machines_page_once_through_alertmanager_and_resolve(
         hooks = stack.enter_context(webhook_receiver())
         am = stack.enter_context(alertmanager(hooks.url, workdir))
         targets = [urlsplit(r.url).netloc for r in replicas]
-        prom = stack.enter_context(prometheus(targets, am.url, rules, workdir))
+        prom = stack.enter_context(prometheus([{"targets": targets}], am.url, rules, workdir))
         servers = (prom, am)
 
         specs = {spec.id: spec for spec in sim.fleet.specs}
@@ -347,7 +351,7 @@ def test_dead_and_stuck_machines_page_once_through_alertmanager_and_resolve(
             *servers,
             deadline=deadline,
         )
-        watched = f'count({gen.WATCHED}{{job="{JOB}"}} == 1)'
+        watched = f'count({WATCHED}{{job="{JOB}"}} == 1)'
         wait_for(
             lambda: scalar(prom, watched) == 2,
             START_TIMEOUT,
@@ -506,3 +510,116 @@ def test_alertmanager_inhibits_fleet_alerts_while_the_exporter_is_down(workdir: 
         # group intervals to show up anyway.
         time.sleep(2.5)
         assert delivered() == expected
+
+
+def test_an_organisation_that_cannot_poll_silences_only_its_own_alerts(workdir: Path) -> None:
+    """Two organisations in one job, told apart by `organization`: acme's API fails, so its
+    exporter serves an ageing fleet and its environments look silent; Alertmanager inhibits
+    those alerts under acme's LettaExporterPollFailing, and delivers globex's."""
+    deadline = time.monotonic() + BUDGET
+    polling = "LettaExporterPollFailing"
+    short = merge(
+        SHORT_RULES,
+        {"missed_polls": 2, "alerts": {polling: {"for": "1s"}}},
+    )
+    rules = rules_text(merge(load_config(), short))
+    with ExitStack() as stack:
+        exporters = {}
+        simulators = {}
+        for seed, organization in enumerate(("acme", "globex"), start=11):
+            sim = start_simulator(
+                fleet_size=20, seed=seed, api_key=API_KEY, heartbeat_interval=1.0, churn=False
+            )
+            stack.callback(sim.close)
+            simulators[organization] = sim
+            flags = (
+                f"--letta.base-url={sim.url}",
+                "--letta.poll-interval=1s",
+                "--letta.online-threshold=3s",
+                "--letta.max-retries=0",
+            )
+            exporters[organization] = stack.enter_context(exporter_process(*flags))
+        hooks = stack.enter_context(webhook_receiver())
+        am = stack.enter_context(alertmanager(hooks.url, workdir))
+        targets = [
+            {"targets": [urlsplit(e.url).netloc], "labels": {"organization": organization}}
+            for organization, e in exporters.items()
+        ]
+        prom = stack.enter_context(prometheus(targets, am.url, rules, workdir))
+        servers = (prom, am)
+        wait_for(
+            lambda: scalar(prom, f'count(letta_exporter_up{{job="{JOB}"}} == 1)') == 2,
+            START_TIMEOUT,
+            "both organisations polled and scraped",
+            *servers,
+            deadline=deadline,
+        )
+        wait_for(
+            lambda: STALE in rule_names(prom),
+            START_TIMEOUT,
+            "the rules to load",
+            *servers,
+            deadline=deadline,
+        )
+        acme_connected = {
+            sample["metric"]["environment_id"]
+            for sample in query(
+                prom, f'letta_environment_connected{{job="{JOB}", organization="acme"}} == 1'
+            )
+        }
+        assert acme_connected, "acme has no connected environment"
+        httpx.post(
+            f"{simulators['acme'].url}/_simulator/faults", json={"status": 503}
+        ).raise_for_status()
+        silenced = httpx.post(
+            f"{simulators['globex'].url}/_simulator/silence", json={"fraction": 0.3}
+        ).json()["silenced"]
+        assert silenced
+
+        def notified(alertname: str, organization: str) -> set[str]:
+            return {
+                alert["labels"].get("environment_id", "")
+                for _, alert in hooks.alerts(alertname)
+                if alert["labels"].get("organization") == organization
+                and alert["status"] == "firing"
+            }
+
+        wait_for(
+            lambda: (
+                notified(polling, "acme") == {""} and notified(STALE, "globex") >= set(silenced)
+            ),
+            30,
+            f"{polling} for acme and {STALE} for globex's silent environments",
+            *servers,
+            deadline=deadline,
+        )
+        # acme's environments fire in Prometheus too (their heartbeats stopped ageing in the
+        # exporter's last good fleet)...
+        acme_stale = f'ALERTS{{alertname="{STALE}", alertstate="firing", organization="acme"}}'
+        wait_for(
+            lambda: query(prom, acme_stale),
+            20,
+            f"{STALE} firing in Prometheus for acme",
+            *servers,
+            deadline=deadline,
+        )
+
+        def acme_in_alertmanager() -> list[dict[str, Any]]:
+            response = httpx.get(
+                f"{am.url}/api/v2/alerts",
+                params={"filter": [f'alertname="{STALE}"', 'organization="acme"']},
+                timeout=2,
+            )
+            response.raise_for_status()
+            alerts: list[dict[str, Any]] = response.json()
+            return alerts
+
+        # ...and reach Alertmanager, which holds them back under acme's exporter alert.
+        held = wait_for(acme_in_alertmanager, 10, f"acme's {STALE} in Alertmanager", am)
+        assert all(a["status"]["state"] == "suppressed" for a in held), held
+        assert all(a["status"]["inhibitedBy"] for a in held), held
+        time.sleep(2.5)  # two more group intervals: an uninhibited group would be flushed
+        assert notified(STALE, "acme") == set()
+        assert not any(
+            a["labels"].get("organization") == "globex" for _, a in hooks.alerts(polling)
+        )

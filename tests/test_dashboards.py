@@ -3,10 +3,9 @@ every PromQL expression against the exporter's metric contract (docs/metrics.md)
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +15,16 @@ import promql_parser
 import pytest
 import yaml
 
+from monitoring.rules import rules_document
+from monitoring.settings import check_config, load_config
+
+BUNDLE = check_config(load_config())
+RECORDED = {
+    rule["record"]
+    for group in rules_document(BUNDLE)["groups"]
+    for rule in group["rules"]
+    if "record" in rule
+}
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
@@ -108,14 +117,12 @@ def nodes(expr: promql_parser.Expr) -> list[promql_parser.Expr]:
     return found
 
 
-def test_the_dashboards_are_built_from_scripts_build_dashboards() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "build_dashboards.py"), "--check"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+def test_the_dashboards_are_built_with_grafanas_sdk_by_the_one_generator() -> None:
+    # tests/test_bundle.py checks that the JSON is what monitoring/dashboards.py builds.
+    source = (ROOT / "monitoring" / "dashboards.py").read_text(encoding="utf-8")
+    assert "from grafana_foundation_sdk.builders import" in source
+    assert "gridPos" not in source and "grid_pos" not in source, "the SDK lays panels out"
+    assert not (ROOT / "scripts" / "build_dashboards.py").exists()
 
 
 def test_exactly_the_three_dashboards_exist_with_stable_unique_uids() -> None:
@@ -131,13 +138,23 @@ def test_exactly_the_three_dashboards_exist_with_stable_unique_uids() -> None:
 def test_dashboard_settings(name: str) -> None:
     dashboard = load(name)
     assert 36 <= dashboard["schemaVersion"] <= 41, "Grafana 10/11 schema"
-    assert dashboard["id"] is None, "an exported id would clash on import"
+    assert dashboard.get("id") is None, "an exported id would clash on import"
     assert "letta" in dashboard["tags"]
     assert dashboard["description"]
     assert dashboard["time"] == {"from": "now-6h", "to": "now"}
     assert dashboard["refresh"] == "1m"
     ids = [item["id"] for item in all_panels(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
+
+
+@pytest.mark.parametrize("name", UIDS)
+def test_panels_are_laid_out_in_rows(name: str) -> None:
+    items = load(name)["panels"]
+    assert items[0]["type"] == "row", "the first thing on a dashboard is a row"
+    for row, following in itertools.pairwise(items):
+        if row["type"] == "row":
+            assert following["type"] != "row", f"row {row['title']} is empty"
+            assert following["gridPos"]["y"] == row["gridPos"]["y"] + 1
 
 
 @pytest.mark.parametrize("name", UIDS)
@@ -161,9 +178,11 @@ def test_variables(name: str) -> None:
         "prometheus",
         "Data Source",
     )
+    # The jobs offered are those the rules select (alerts/config.yml: job_selector).
+    selector = BUNDLE.settings.job_selector
     expected = {
-        "job": "label_values(letta_exporter_build_info, job)",
-        "instance": 'label_values(letta_exporter_build_info{job=~"$job"}, instance)',
+        "job": f"label_values(letta_exporter_build_info{{{selector}}}, job)",
+        "instance": f'label_values(letta_exporter_build_info{{{selector}, job=~"$job"}}, instance)',
     }
     if name == "letta-environment-detail.json":
         expected["environment"] = (
@@ -174,8 +193,7 @@ def test_variables(name: str) -> None:
     for variable, query in expected.items():
         assert variables[variable]["type"] == "query"
         assert variables[variable]["datasource"] == DATASOURCE
-        assert variables[variable]["definition"] == query
-        assert variables[variable]["query"]["query"] == query
+        assert variables[variable]["query"] == query
     assert set(variables) == set(expected) | {"datasource"} | (
         {"online_threshold"} if name == "letta-environment-detail.json" else set()
     )
@@ -189,6 +207,38 @@ def test_each_dashboard_links_to_the_other_two() -> None:
         targets = {match.group(1) for match in linked if match}
         assert targets == set(UIDS.values()) - {uid}
         assert all(link["includeVars"] and link["keepTime"] for link in dashboard["links"])
+
+
+RUNBOOK_PANELS = {
+    # panel title -> the alerts over the number it shows
+    "Online": {"LettaEnvironmentsNoneOnline", "LettaEnvironmentsOnlineDrop"},
+    "Connected in unrestricted mode": {"LettaEnvironmentsUnrestrictedMode"},
+    "Stalest connected environments": {"LettaEnvironmentHeartbeatStale"},
+    "Outdated share (connected)": {"LettaEnvironmentsVersionDrift"},
+    "Why the others cannot": {"LettaEnvironmentsVersionDrift"},
+    "Replicas serving": {"LettaExporterPollFailing", "LettaExporterDown"},
+    "Replicas down or not polling": {"LettaExporterReplicaDown"},
+    "Upstream API requests by status code": {"LettaExporterRateLimited"},
+    "Watched machines down": {"LettaEnvironmentOffline"},
+    "Watched machines": {"LettaEnvironmentOffline"},
+}
+
+
+def test_alert_panels_link_to_their_runbooks() -> None:
+    from tests.test_alerts import runbook_anchors
+
+    anchors = runbook_anchors()
+    base = BUNDLE.settings.runbook_base_url
+    linked: dict[str, set[str]] = {}
+    for _, item in query_panels():
+        for link in item.get("links", []):
+            url = link["url"]
+            assert url.startswith(base + "#") and url.split("#", 1)[1] in anchors, url
+            assert link["title"].startswith("Runbook: ")
+            linked.setdefault(item["title"], set()).add(link["title"].removeprefix("Runbook: "))
+    assert linked == RUNBOOK_PANELS
+    # Every alert has a panel that leads to its runbook.
+    assert set().union(*RUNBOOK_PANELS.values()) == set(BUNDLE.alerts)
 
 
 def test_every_data_link_points_at_an_existing_dashboard() -> None:
@@ -233,11 +283,18 @@ def expression_problems(expr: str, *, per_environment: bool = False) -> list[str
     if not selectors:
         problems.append("selects no series")
     for selector in selectors:
+        matchers = [(m.name, m.op, m.value) for m in selector.matchers.matchers]
+        if ":" in str(selector.name):
+            # A recorded series of the shipped rules: replicas are folded, only $job applies.
+            if selector.name not in RECORDED:
+                problems.append(f"{selector.name} is not recorded by the shipped rules")
+            if required[0] not in matchers:
+                problems.append(f"{selector}: no job matcher")
+            continue
         if selector.name not in CONTRACT | PROMETHEUS_SERIES:
             problems.append(
                 f"{selector.name} is neither in docs/metrics.md nor added by Prometheus"
             )
-        matchers = [(m.name, m.op, m.value) for m in selector.matchers.matchers]
         wanted = list(required)
         if per_environment and str(selector.name).startswith("letta_environment_"):
             wanted.append(("environment_id", promql_parser.MatchOp.Equal, ENVIRONMENT))
@@ -267,6 +324,8 @@ def test_expression(name: str, panel: str, expr: str) -> None:
         ('letta_exporter_up{job="$job", instance=~"$instance"}', "no job matcher"),
         ('rate(letta_exporter_polls_total{job=~"$job", instance=~"$instance"}[5m])', "use ["),
         ("time()", "selects no series"),
+        ('job:letta_environments_online:sum{instance=~"$instance"}', "no job matcher"),
+        ('job:letta_environments_elsewhere:sum{job=~"$job"}', "is not recorded"),
         (
             'max_over_time(letta_exporter_up{job=~"$job", instance=~"$instance"}'
             "[$__rate_interval:])",
@@ -276,6 +335,10 @@ def test_expression(name: str, panel: str, expr: str) -> None:
 )
 def test_expression_problems_are_found(expr: str, problem: str) -> None:
     assert any(problem in found for found in expression_problems(expr))
+
+
+def test_a_recorded_series_needs_only_the_job() -> None:
+    assert expression_problems('job:letta_environments_online:sum{job=~"$job"}') == []
 
 
 def test_a_per_environment_query_must_select_the_environment() -> None:

@@ -1,8 +1,10 @@
 """Every dashboard query, variables filled in, against a real Prometheus that scrapes two
-exporter replicas polling the simulator: each must return data, and the fleet must not double."""
+exporter replicas polling the simulator and evaluates the shipped rules: each must return data,
+the fleet must not double, and a panel shows what the alert over the same number reads."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import subprocess
@@ -18,6 +20,9 @@ import httpx
 import pytest
 
 from exporter.simulator import start_simulator
+from monitoring import rules
+from monitoring.files import render_rules
+from monitoring.settings import check_config, load_config, merge
 from tests.conftest import (
     API_KEY,
     ROOT,
@@ -27,7 +32,7 @@ from tests.conftest import (
     stop_process,
     wait_until,
 )
-from tests.test_dashboards import UIDS, load, query_panels
+from tests.test_dashboards import BUNDLE, UIDS, load, query_panels
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +41,10 @@ FLEET_SIZE = 60
 ONLINE_THRESHOLD = 3  # seconds, as --letta.online-threshold below
 RATE_WINDOW = "30s"  # stands in for $__rate_interval; short, so the test stays short
 STALE_FRACTION = 0.3
+# The dashboards read the shipped recording rules: this Prometheus evaluates them, with
+# LettaEnvironmentOffline watching some machines (it watches none as shipped).
+WATCH = 'runtime=~"host|container"'
+WATCHING = merge(load_config(), {"alerts": {"LettaEnvironmentOffline": {"selector": WATCH}}})
 # No panel is excused from returning data: the simulated fleet has every kind of environment
 # the dashboards single out (stale, unrestricted, outdated, prerelease, no metadata).
 
@@ -48,6 +57,7 @@ class Stack:
     instances: tuple[str, ...]
     environment: str
     at: float
+    simulator: str = ""
 
     def variables(self, instance: str = ".*") -> dict[str, str]:
         return {
@@ -64,11 +74,14 @@ class Stack:
             expr = expr.replace(variable, value)
         return expr
 
-    def query(self, expr: str, instance: str = ".*") -> list[dict[str, Any]]:
+    def query(
+        self, expr: str, instance: str = ".*", at: float | None = None
+    ) -> list[dict[str, Any]]:
         """The instant vector ``expr`` (Grafana variables filled in) yields at ``at``."""
         expr = self.fill(expr, instance)
+        moment = self.at if at is None else at
         response = httpx.get(
-            f"{self.prometheus}/api/v1/query", params={"query": expr, "time": self.at}, timeout=10
+            f"{self.prometheus}/api/v1/query", params={"query": expr, "time": moment}, timeout=10
         )
         body = response.json()
         assert response.status_code == 200 and body["status"] == "success", (expr, body)
@@ -90,10 +103,11 @@ class Stack:
         return result
 
 
-def prometheus_config(targets: list[str]) -> str:
+def prometheus_config(targets: list[str], rules: Path) -> str:
     quoted = ", ".join(f'"{target}"' for target in targets)
     return (
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: [{rules}]\n"
         f"scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n"
         f"      - targets: [{quoted}]\n"
     )
@@ -102,7 +116,9 @@ def prometheus_config(targets: list[str]) -> str:
 @contextmanager
 def run_prometheus(binary: str, directory: Path, targets: list[str]) -> Iterator[str]:
     """A real Prometheus scraping ``targets`` every second; yields its URL."""
-    (directory / "prometheus.yml").write_text(prometheus_config(targets), encoding="utf-8")
+    rules = directory / "rules.yml"
+    rules.write_text(render_rules(check_config(WATCHING)), encoding="utf-8")
+    (directory / "prometheus.yml").write_text(prometheus_config(targets, rules), encoding="utf-8")
     url = f"http://127.0.0.1:{free_port()}"
     log_path = directory / "prometheus.log"
     with open(log_path, "wb") as log:
@@ -164,21 +180,53 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             return len(result) == len(instances)
 
         wait_until(samples, 45, "Prometheus to hold 10 s of scrapes of both exporters", 1.0)
-        # An environment online now: it stays connected for the few seconds the queries take,
-        # since it must first be stale for several heartbeat intervals before it goes offline.
-        now = time.time()
+        # A moment when the two replicas agree on the fleet, so that the per-state counts add
+        # up: each is the larger of the replicas' counts, so while an environment changes
+        # state between their polls it counts in both states.
+        now = wait_until(
+            lambda: replicas_agree(Stack(prometheus, instances, "", 0.0), time.time() - 1),
+            30,
+            "a moment when both replicas report the same fleet",
+            0.5,
+        )
         online = Stack(prometheus, instances, "", now).query(
             f'letta_environment_connected{{job="{JOB}"}} == 1 and on(job, instance, environment_id)'
             f' (time() - letta_environment_last_heartbeat_timestamp_seconds{{job="{JOB}"}}'
             f" < {ONLINE_THRESHOLD})"
         )
         assert online, "no online environment to show in the detail dashboard"
-        yield Stack(prometheus, instances, online[0]["metric"]["environment_id"], now)
+        yield Stack(
+            prometheus, instances, online[0]["metric"]["environment_id"], now, simulator.url
+        )
+
+
+def per_replica_counts(stack: Stack, at: float) -> dict[str, dict[str, float]]:
+    """Each replica's count of environments by state, at ``at``."""
+    counts: dict[str, dict[str, float]] = {}
+    for sample in stack.query(
+        f'sum by (instance, state) (letta_environments{{job="{JOB}"}})', at=at
+    ):
+        metric = sample["metric"]
+        counts.setdefault(metric["instance"], {})[metric["state"]] = float(sample["value"][1])
+    return counts
+
+
+def replicas_agree(stack: Stack, at: float) -> float | None:
+    """``at`` if both replicas report the same counts over the 2 s before it and the rules
+    have recorded them."""
+    for moment in (at - 2, at - 1, at):
+        counts = list(per_replica_counts(stack, moment).values())
+        if len(counts) != 2 or counts[0] != counts[1]:
+            return None
+    # The rules saw them agree too (they evaluate on their own schedule).
+    recorded = stack.query(f'sum({rules.BY_STATE}{{job="{JOB}"}})', at=at)
+    rows = sum(counts[0].values())
+    return at if recorded and float(recorded[0]["value"][1]) == rows else None
 
 
 def panel_queries() -> list[tuple[str, str, str, bool]]:
     return [
-        (name, f"{item['title']}/{target['refId']}", target["expr"], target["instant"])
+        (name, f"{item['title']}/{target['refId']}", target["expr"], target.get("instant", False))
         for name, item in query_panels()
         for target in item["targets"]
     ]
@@ -285,3 +333,103 @@ def test_the_instance_variable_selects_one_replica(stack: Stack) -> None:
     escaped = re.escape(chosen).replace("\\", "\\\\")
     result = stack.query(panel_expr("letta-exporter-health.json", "Exporter up"), escaped)
     assert [sample["metric"]["instance"] for sample in result] == [chosen]
+
+
+# Shared quantities: (dashboard, panel, the recorded series the alerts named read).
+SHARED = [
+    ("letta-fleet-overview.json", "Online", rules.ONLINE, ("LettaEnvironmentsNoneOnline",)),
+    ("letta-fleet-overview.json", "Environments by state", rules.BY_STATE, ()),
+    (
+        "letta-fleet-overview.json",
+        "Outdated share (connected)",
+        rules.OUTDATED_RATIO,
+        ("LettaEnvironmentsVersionDrift",),
+    ),
+    (
+        "letta-fleet-overview.json",
+        "Connected in unrestricted mode",
+        rules.UNRESTRICTED,
+        ("LettaEnvironmentsUnrestrictedMode",),
+    ),
+    (
+        "letta-fleet-overview.json",
+        "Watched machines",
+        rules.WATCHED,
+        ("LettaEnvironmentOffline",),
+    ),
+    (
+        "letta-exporter-health.json",
+        "Replicas serving",
+        rules.REPLICAS_SERVING,
+        ("LettaExporterReplicaDown", "LettaExporterPollFailing"),
+    ),
+    (
+        "letta-exporter-health.json",
+        "Replicas down or not polling",
+        rules.REPLICAS_FAILING,
+        ("LettaExporterReplicaDown",),
+    ),
+]
+
+
+def by_labels(result: list[dict[str, Any]], *drop: str) -> dict[str, float]:
+    return {
+        json.dumps({k: v for k, v in r["metric"].items() if k not in drop}, sort_keys=True): float(
+            r["value"][1]
+        )
+        for r in result
+    }
+
+
+def test_panels_show_what_alerts_read_while_replicas_disagree(stack: Stack) -> None:
+    """With two replicas that poll at different moments, at an instant when they report
+    different fleets, each panel over a number an alert watches returns the alert's input."""
+    shipped = {rule["alert"]: rule["expr"] for rule in rules.alerting_rules(check_config(WATCHING))}
+    # Environments going silent now change state at each replica's own next poll.
+    online_now = [
+        sample["metric"]["environment_id"]
+        for sample in stack.query(
+            f'letta_environment_connected{{job="{JOB}"}} == 1', at=time.time() - 1
+        )
+        if sample["metric"]["environment_id"] != stack.environment
+    ]
+    httpx.post(
+        f"{stack.simulator}/_simulator/silence", json={"ids": online_now[:8]}, timeout=5
+    ).raise_for_status()
+
+    def disagreeing() -> float | None:
+        at = time.time() - 1.5
+        counts = list(per_replica_counts(stack, at).values())
+        return at if len(counts) == 2 and counts[0] != counts[1] else None
+
+    at = wait_until(
+        disagreeing, 30, "an instant when the two replicas report different fleets", 0.1
+    )
+    for dashboard, title, series, alerts in SHARED:
+        for alert in alerts:
+            assert series in shipped[alert], f"{alert} does not read {series}"
+        panel = by_labels(stack.query(panel_expr(dashboard, title), at=at), "__name__")
+        alert_input = by_labels(
+            stack.query(f"{series}{{{BUNDLE.settings.job_selector}}}", at=at), "__name__"
+        )
+        assert panel, f"{title}: no data"
+        assert panel == alert_input, (title, panel, alert_input)
+
+    # Per environment: the stalest table's ages are the ages HeartbeatStale compares.
+    rows = stack.query(
+        panel_expr("letta-fleet-overview.json", "Stalest connected environments"), at=at
+    )
+    ages = {
+        sample["metric"]["environment_id"]: float(sample["value"][1])
+        for sample in stack.query(rules.heartbeat_age(BUNDLE.settings), at=at)
+    }
+    assert len(rows) == 20
+    for row in rows:
+        assert float(row["value"][1]) == ages[row["metric"]["environment_id"]], row
+    # ...while the replicas' own heartbeat timestamps differ (they polled at other moments).
+    differ = stack.query(
+        f'count by (environment_id) (count_values by (environment_id) ("ts", '
+        f'letta_environment_last_heartbeat_timestamp_seconds{{job="{JOB}"}})) > 1',
+        at=at,
+    )
+    assert differ, "the replicas report the same heartbeats: they poll at the same moments"

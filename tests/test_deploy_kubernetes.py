@@ -6,14 +6,10 @@ schema there, so their structure is checked here and the rules inside run throug
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -21,13 +17,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bench.procs import memory_of
 from exporter import __version__
 from exporter.config import DEFAULT_PORT
 from tests.conftest import ROOT, exporter_process, require_tool, wait_until
 from tests.hostile import HostileServer
 
 K8S_DIR = ROOT / "deploy" / "kubernetes"
-GENERATOR = K8S_DIR / "generate_prometheusrule.py"
 RULES = ROOT / "alerts" / "letta-environments.rules.yml"
 # The oldest and the newest Kubernetes versions checked; kubernetes-validate ships both schemas.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
@@ -41,14 +37,6 @@ def manifest(name: str) -> dict[str, Any]:
     assert len(documents) == 1, f"{name}: expected one resource, found {len(documents)}"
     document: dict[str, Any] = documents[0]
     return document
-
-
-def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("generate_prometheusrule", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def container() -> dict[str, Any]:
@@ -141,13 +129,6 @@ def test_resources_have_requests_within_limits_and_state_their_fleet_size() -> N
     assert f"{SIZED_FOR_ENVIRONMENTS:,} environments" in comment
 
 
-def peak_rss_bytes(pid: int) -> tuple[int, int]:
-    """(resident, high-water mark) of a process, from /proc."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.MULTILINE))
-    return int(fields["VmRSS"]) * 1024, int(fields["VmHWM"]) * 1024
-
-
 def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
     """The exporter polling and serving that many environments settles within the request, and
     stays within the limit even when the API and the registry then send the costliest answers
@@ -165,7 +146,7 @@ def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
             for _ in range(3):  # more polls and full scrapes: the peak of steady operation
                 body = httpx.get(exporter.url + "/metrics", timeout=30).text
                 time.sleep(2)
-            resident, _ = peak_rss_bytes(exporter.process.pid)
+            resident = memory_of(exporter.process.pid)["VmRSS"]
             server.mode, server.registry_mode = "string_flood", "gzip_bomb"
             wait_until(
                 lambda: (
@@ -177,7 +158,7 @@ def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
                 60,
                 "a refused page and a refused registry document",
             )
-            _, peak = peak_rss_bytes(exporter.process.pid)
+            peak = memory_of(exporter.process.pid)["VmHWM"]
     finally:
         server.close()
     assert body.count("letta_environment_connected{") == SIZED_FOR_ENVIRONMENTS
@@ -234,30 +215,10 @@ def test_servicemonitor_scrapes_the_service_metrics_port() -> None:
 # -- the PrometheusRule ----------------------------------------------------------------------------
 
 
-def test_prometheusrule_is_what_the_generator_makes_from_the_shipped_rules() -> None:
-    rendered = generator().render_prometheus_rule(RULES.read_text())
-    assert (K8S_DIR / "prometheusrule.yaml").read_text() == rendered, (
-        "deploy/kubernetes/prometheusrule.yaml has drifted from alerts/: "
-        "run python deploy/kubernetes/generate_prometheusrule.py"
-    )
+def test_prometheusrule_spec_is_the_shipped_rule_file() -> None:
+    # Both come from the one generator (tests/test_bundle.py checks them for drift).
     rule = manifest("prometheusrule.yaml")
     assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
-
-
-def test_generator_check_fails_on_drift_and_passes_when_current(tmp_path: Path) -> None:
-    rules, output = tmp_path / "rules.yml", tmp_path / "prometheusrule.yaml"
-    shutil.copy(RULES, rules)
-    shutil.copy(K8S_DIR / "prometheusrule.yaml", output)
-    check = [sys.executable, str(GENERATOR), "--check", f"--rules={rules}", f"--output={output}"]
-    assert subprocess.run(check, capture_output=True, check=False).returncode == 0
-    rules.write_text(rules.read_text().replace("for: 3m", "for: 4m", 1))
-    drifted = subprocess.run(check, capture_output=True, text=True, check=False)
-    assert drifted.returncode == 1
-    assert "out of date" in drifted.stderr
-    write = [sys.executable, str(GENERATOR), f"--rules={rules}", f"--output={output}"]
-    subprocess.run(write, check=True)
-    assert "for: 4m" in output.read_text()
-    assert subprocess.run(check, capture_output=True, check=False).returncode == 0
 
 
 def test_prometheusrule_structure_is_what_the_operator_accepts() -> None:

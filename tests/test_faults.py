@@ -23,6 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procs import memory_of
 from exporter.client import EnvironmentsClient
 from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
@@ -684,14 +685,6 @@ HOSTILE = [
 ]
 
 
-def _peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
-
-
 @pytest.mark.parametrize("case", HOSTILE, ids=[case.name for case in HOSTILE])
 def test_a_hostile_answer_is_cut_off_and_memory_stays_bounded(case: Hostile) -> None:
     server = HostileServer()
@@ -750,7 +743,7 @@ def test_a_hostile_answer_is_cut_off_and_memory_stays_bounded(case: Hostile) -> 
                 if "level=error" in line or "level=warn" in line
             ]
             assert any(re.search(case.log, line) for line in lines), lines
-            peak = _peak_rss_mib(running.process.pid)
+            peak = memory_of(running.process.pid)["VmHWM"] / 2**20
             assert peak < PEAK_BOUND_MIB, f"peak RSS {peak:.0f} MiB"
     finally:
         server.close()

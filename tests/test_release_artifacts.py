@@ -92,14 +92,15 @@ def test_the_sdist_holds_every_file_of_the_repository(artifacts: Artifacts) -> N
 
 
 def test_the_unpacked_sdist_rebuilds_and_tests_itself(artifacts: Artifacts, tmp_path: Path) -> None:
-    """Its tests collect, its golden test passes, its dashboards rebuild to its own JSON."""
+    """Its tests collect, its golden test passes, its monitoring bundle (rules, dashboards,
+    mixin) regenerates to its own files."""
     with tarfile.open(artifacts.sdist) as sdist:
         sdist.extractall(tmp_path, filter="data")
     (tree,) = tmp_path.iterdir()
     steps = [
         ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only"],
         ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_golden.py"],
-        ["scripts/build_dashboards.py", "--check"],
+        ["alerts/generate.py", "--check"],
         ["-c", "import exporter; print(exporter.__file__)"],
     ]
     results = [

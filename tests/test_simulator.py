@@ -90,7 +90,8 @@ def _get(url: str, **params: str) -> httpx.Response:
 
 
 def test_the_fleet_mixes_states_modes_oses_and_versions() -> None:
-    fleet = SimulatedFleet(size=400, seed=11, heartbeat_interval=30.0)
+    now = [1_800_000_000.0]  # a fixed clock: the fleet's state is a function of it
+    fleet = SimulatedFleet(size=400, seed=11, heartbeat_interval=30.0, clock=lambda: now[0])
     rows = [fleet.row(spec, fleet.clock())[0] for spec in fleet.specs]
     modes = {r.get("currentMode") for r in rows}
     assert {
@@ -106,8 +107,13 @@ def test_the_fleet_mixes_states_modes_oses_and_versions() -> None:
     assert {"darwin", "linux", "win32", None} <= oses
     versions = {(r.get("metadata") or {}).get("lettaCodeVersion") for r in rows}
     assert any(v and "-next" in v for v in versions) and len(versions) >= 5
-    states = fleet.state_counts()
-    assert states["online"] > states["stale"] > 0 and states["offline"] > 0
+    stale = 0
+    for _ in range(12):  # two hours: stuck leases are rare, so look at several moments
+        now[0] += 600
+        states = fleet.state_counts()
+        assert states["online"] > states["offline"] > states["stale"]
+        stale += states["stale"]
+    assert stale > 0
     devices = [r["deviceId"] for r in rows]
     assert len(set(devices)) < len(devices)  # some devices run several environments
 
