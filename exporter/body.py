@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from exporter import clock
+from exporter.units import format_size
 
 ACCEPT_ENCODING = "gzip"
 _GZIP_OR_ZLIB = 32 + zlib.MAX_WBITS  # auto-detect the gzip or zlib container
-_KiB = 1024
 
 
 class BodyError(ValueError):
@@ -29,14 +29,6 @@ class BodyTooLargeError(BodyError):
 
 class DeadlinePassedError(Exception):
     """The deadline passed while the body was still arriving."""
-
-
-def format_size(size: int) -> str:
-    """`16MiB`, `512KiB` or `1000B`: the form the flags take."""
-    for unit, factor in (("GiB", _KiB**3), ("MiB", _KiB**2), ("KiB", _KiB)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor}{unit}"
-    return f"{size}B"
 
 
 class _Inflater:

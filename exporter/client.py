@@ -28,7 +28,6 @@ from exporter.body import (
     BodyError,
     BodyTooLargeError,
     DeadlinePassedError,
-    format_size,
     read_body,
 )
 from exporter.config import Config
@@ -43,6 +42,7 @@ from exporter.errors import (
     UpstreamTimeoutError,
 )
 from exporter.models import InvalidJSONError, LoadedPage, ParsedPage, ValidationError, load_page
+from exporter.units import format_size
 
 log = logging.getLogger(__name__)
 

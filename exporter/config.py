@@ -8,8 +8,6 @@ flat (`letta.poll-interval: 30s`) or nested (`letta: {poll-interval: 30s}`).
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import yaml
 from exporter import __version__
 from exporter.errors import ConfigError
 from exporter.rendering import RenderOptions
+from exporter.units import MiB, parse_duration, parse_size
 
 DEFAULT_PORT = 8377
 DEFAULT_HEARTBEAT_BUCKETS = (
@@ -38,7 +37,6 @@ DEFAULT_HEARTBEAT_BUCKETS = (
 EXTRA_LABELS = ("working_directory", "git_branch")
 SOURCES = ("local", "remote")
 LOG_LEVELS = ("debug", "info", "warn", "error")
-MiB = 1024 * 1024
 # A row as the API sends it is ~700 bytes (813 at most in the simulator's fleet): a page of
 # --letta.page-size rows must fit in --letta.max-response-size with room to spare.
 ROW_BYTES = 1024
@@ -140,30 +138,6 @@ class Config:
 
 # --- value parsers: each raises ValueError with a short reason ----------------------------
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from `30s`, `2m`, `1h30m`, `250ms` or plain seconds such as `45`."""
-    value = str(text).strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pos, seconds = 0, 0.0
-        units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-        for match in _DURATION_PART.finditer(value):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * units[match.group(2)]
-            pos = match.end()
-        if pos != len(value) or not value:
-            raise ValueError(
-                f"invalid duration {value!r} (use e.g. 30s, 2m, 1h or seconds)"
-            ) from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"duration must be positive, got {value!r}")
-    return seconds
-
 
 def _positive_int(text: str) -> int:
     try:
@@ -183,23 +157,6 @@ def _non_negative_int(text: str) -> int:
     if number < 0:
         raise ValueError(f"must not be negative, got {number}")
     return number
-
-
-_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?")
-_SIZE_UNITS = {"B": 1, "KiB": 1024, "MiB": MiB, "GiB": 1024 * MiB}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from `8MiB`, `512KiB`, `1GiB` or plain bytes; as in Prometheus, `MB` is `MiB`."""
-    value = str(text).strip()
-    match = _SIZE.fullmatch(value)
-    if match is None:
-        raise ValueError(f"invalid size {value!r} (use e.g. 8MiB, 512KiB or bytes)")
-    unit = (match.group(2) or "B").replace("KB", "KiB").replace("MB", "MiB").replace("GB", "GiB")
-    size = int(match.group(1)) * _SIZE_UNITS[unit]
-    if size < 1:
-        raise ValueError(f"size must be positive, got {value!r}")
-    return size
 
 
 def _non_negative_duration(text: str) -> float:

@@ -23,11 +23,11 @@ from exporter.body import (
     BodyError,
     BodyTooLargeError,
     DeadlinePassedError,
-    format_size,
     read_body,
 )
 from exporter.config import Config
 from exporter.fleet import ReleaseInfo
+from exporter.units import format_size
 
 log = logging.getLogger(__name__)
 

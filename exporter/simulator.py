@@ -850,7 +850,7 @@ def start_simulator(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`letta-environments-simulator`: serve a simulated Letta Environments API."""
-    from exporter.config import parse_duration
+    from exporter.units import parse_duration
 
     parser = argparse.ArgumentParser(
         prog="letta-environments-simulator", description="A simulated Letta Environments API."

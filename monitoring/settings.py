@@ -11,12 +11,12 @@ from typing import Any
 
 import yaml
 
+from exporter import units
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PATH = ROOT / "alerts" / "config.yml"
 SEVERITIES = ("critical", "warning", "info")
 
-_DURATION = re.compile(r"^(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?$")
-_UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _EQUALITY_MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"\\]*)"')
 
@@ -27,16 +27,7 @@ class ConfigError(ValueError):
 
 def parse_duration(text: str) -> float:
     """Seconds in a Prometheus duration such as `90s`, `5m` or `1h30m`."""
-    match = _DURATION.match(text)
-    if not text or match is None:
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    seconds = 0.0
-    for part in filter(None, match.groups()):
-        unit = "ms" if part.endswith("ms") else part[-1]
-        seconds += int(part[: -len(unit)]) * _UNITS[unit]
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive: {text!r}")
-    return seconds
+    return units.parse_duration(text, strict=True)
 
 
 def _duration(value: Any) -> str:

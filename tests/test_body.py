@@ -13,9 +13,9 @@ from exporter.body import (
     BodyError,
     BodyTooLargeError,
     DeadlinePassedError,
-    format_size,
     read_body,
 )
+from exporter.units import format_size
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -12,9 +12,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import Secret, load_config, parse_duration, parse_size
+from exporter.config import Secret, load_config
 from exporter.errors import ConfigError
 from exporter.simulator import LATEST_RELEASE, SimulatorHTTPServer
+from exporter.units import parse_duration, parse_size
 from tests.conftest import API_KEY, ROOT, exporter_process, require_tool, wait_until
 
 LATEST_INFO = (
