@@ -13,10 +13,11 @@ import time
 import tracemalloc
 import zlib
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
-from exporter.config import Config, Secret
+from pydantic import SecretStr
+
+from exporter.config import Config
 from exporter.models import EnvironmentListResponse, parse_page
 from exporter.rendering import render_fleet
 from exporter.simulator import SimulatedFleet
@@ -40,7 +41,8 @@ def page_bodies(size: int, page_size: int = 1000, seed: int = 1) -> list[bytes]:
 
 
 def bench_config(**overrides: Any) -> Config:
-    return replace(Config(api_key=Secret("bench"), poll_jitter=0.0, page_size=1000), **overrides)
+    base = {"api_key": SecretStr("bench"), "poll_jitter": 0.0, "page_size": 1000}
+    return Config(**{**base, **overrides})
 
 
 def build_snapshot(bodies: list[bytes], observed_at: float) -> FleetSnapshot:

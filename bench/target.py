@@ -114,8 +114,8 @@ def _exporter(args: argparse.Namespace) -> tuple[int, dict[str, Callable[[], Any
     disable_created_metrics()  # as the exporter's command line does
     metrics = ExporterMetrics(config.poll_interval)
     state = Store()
-    client = EnvironmentsClient(config, observe=metrics.observe_request)
-    poller = Poller(config, client, state, metrics)
+    client = EnvironmentsClient(config.client_settings(), observe=metrics.observe_request)
+    poller = Poller(config.poll_settings(), client, state, metrics)
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
         store=state,

@@ -11,9 +11,10 @@ from collections import Counter
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
+from pydantic import SecretStr
 
 from exporter.client import EnvironmentsClient
-from exporter.config import Config, Secret
+from exporter.config import Config
 from exporter.exposition import clean
 from exporter.fleet import (
     BEHIND,
@@ -36,7 +37,7 @@ from exporter.snapshot import FleetSnapshot, SnapshotBuilder
 
 def fetch_snapshot(config: Config, observe: Callable[[str], None] | None = None) -> FleetSnapshot:
     """One poll's snapshot, paged with the exporter's own client."""
-    client = EnvironmentsClient(config, observe=observe)
+    client = EnvironmentsClient(config.client_settings(), observe=observe)
     builder = SnapshotBuilder()
     try:
         for fetched in client.iter_pages(time.monotonic() + 600):
@@ -192,7 +193,7 @@ def set_gauges(snapshot: FleetSnapshot, config: Config, registry: CollectorRegis
 def usual_registry(base_url: str, page_size: int, api_key: str) -> tuple[CollectorRegistry, int]:
     """The exporter's own metrics plus the fleet as labelled Gauges; and the series count."""
     config = Config(
-        api_key=Secret(api_key), base_url=base_url, page_size=page_size, poll_jitter=0.0
+        api_key=SecretStr(api_key), base_url=base_url, page_size=page_size, poll_jitter=0.0
     )
     metrics = ExporterMetrics(config.poll_interval)
     registry = metrics.registry

@@ -7,17 +7,18 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 from prometheus_client import disable_created_metrics
+from pydantic import SecretStr
 
 from exporter import __version__, logs
 from exporter.client import EnvironmentsClient
-from exporter.config import Config, Secret, load_config
+from exporter.config import Config, load_config
 from exporter.errors import ConfigError
 from exporter.poller import Poller
 from exporter.releases import ReleaseLookup
@@ -49,11 +50,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         simulator = start_simulator(fleet_size=config.demo_fleet_size)
         demo_changes: dict[str, object] = {
             "base_url": simulator.url,
-            "api_key": config.api_key or Secret("demo-key"),
+            "api_key": config.api_key
+            if config.api_key.get_secret_value()
+            else SecretStr("demo-key"),
         }
         if not invocation.explicit_registry_url:
             demo_changes["version_registry_url"] = f"{simulator.url}/_registry"
-        config = replace(config, **demo_changes)  # type: ignore[arg-type]
+        config = config.model_copy(update=demo_changes)
     try:
         if invocation.once:
             return _run_once(config)
@@ -80,12 +83,16 @@ class _Polling:
 
 def _polling(config: Config, metrics: ExporterMetrics) -> _Polling:
     store = Store()
-    client = EnvironmentsClient(config, observe=metrics.observe_request)
+    client = EnvironmentsClient(config.client_settings(), observe=metrics.observe_request)
     lookup = None
     if config.version_registry and not config.version_target:  # a pinned version needs none
-        lookup = ReleaseLookup(config, observe=metrics.observe_release_lookup)
+        lookup = ReleaseLookup(config.lookup_settings(), observe=metrics.observe_release_lookup)
     poller = Poller(
-        config, client, store, metrics, releases=lambda: lookup.current if lookup else None
+        config.poll_settings(),
+        client,
+        store,
+        metrics,
+        releases=lambda: lookup.current if lookup else None,
     )
     return _Polling(store=store, client=client, lookup=lookup, poller=poller)
 

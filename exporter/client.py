@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from exporter import __version__, clock
 from exporter.body import (
@@ -30,7 +32,6 @@ from exporter.body import (
     DeadlinePassedError,
     read_body,
 )
-from exporter.config import Config
 from exporter.errors import (
     AuthError,
     HTTPStatusError,
@@ -54,6 +55,26 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})
 # decoding costs at most ~10x the cap (measured: short distinct strings, the worst case).
 BYTES_PER_VALUE = 8
 ERROR_BODY_LIMIT = 64 * 1024  # an error page larger than this is not read, the connection dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What the client reads: where the API is, how to call it, which rows and how many."""
+
+    base_url: str
+    api_key: SecretStr
+    ca_file: Path | None
+    request_timeout: float
+    max_retries: int
+    retry_backoff: float
+    retry_backoff_max: float
+    page_size: int
+    max_pages: int
+    max_rows: int
+    max_response_size: int
+    online_only: bool
+    source: str | None
+    user_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +114,7 @@ class EnvironmentsClient:
 
     def __init__(
         self,
-        config: Config,
+        settings: ClientSettings,
         *,
         transport: httpx.BaseTransport | None = None,
         observe: Callable[[str], None] | None = None,
@@ -102,7 +123,7 @@ class EnvironmentsClient:
         wall_clock: Callable[[], float] = clock.wall_clock,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        self._config = config
+        self._settings = settings
         self._observe = observe or (lambda code: None)
         self._sleep = sleep
         self._monotonic = monotonic
@@ -113,17 +134,17 @@ class EnvironmentsClient:
         # a byte at a time) delays the next poll's requests, never piles up threads.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch")
         verify: ssl.SSLContext | bool = True
-        if config.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(config.ca_file))
+        if settings.ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(settings.ca_file))
         self._http = httpx.Client(
-            base_url=config.base_url,
+            base_url=settings.base_url,
             headers={
-                "Authorization": f"Bearer {config.api_key.reveal()}",
+                "Authorization": f"Bearer {settings.api_key.get_secret_value()}",
                 "Accept": "application/json",
                 "Accept-Encoding": ACCEPT_ENCODING,
                 "User-Agent": f"letta-environments-exporter/{__version__}",
             },
-            timeout=config.request_timeout,
+            timeout=settings.request_timeout,
             verify=verify,
             transport=transport,
             follow_redirects=False,
@@ -134,7 +155,7 @@ class EnvironmentsClient:
         self._http.close()
 
     def __repr__(self) -> str:
-        return f"EnvironmentsClient(base_url={self._config.base_url!r})"
+        return f"EnvironmentsClient(base_url={self._settings.base_url!r})"
 
     def iter_pages(self, deadline: float) -> Iterator[FetchedPage]:
         """Every page of the list, in order; ``deadline`` is a `time.monotonic()` value.
@@ -145,26 +166,26 @@ class EnvironmentsClient:
         being fetched: its cursor is known once the body is decoded. One request is in
         flight at a time, as without it.
         """
-        params: dict[str, str] = {"limit": str(self._config.page_size)}
-        if self._config.online_only:
+        params: dict[str, str] = {"limit": str(self._settings.page_size)}
+        if self._settings.online_only:
             params["onlineOnly"] = "true"
-        if self._config.source:
-            params["source"] = self._config.source
-        if self._config.user_id:
-            params["userId"] = self._config.user_id
+        if self._settings.source:
+            params["source"] = self._settings.source
+        if self._settings.user_id:
+            params["userId"] = self._settings.user_id
         cursors: set[str] = set()
         rows = 0
         pending = self._worker.submit(self._fetch, dict(params), deadline)
         next_page: Future[tuple[bytes, float]] | None = None
         try:
-            for number in range(1, self._config.max_pages + 1):
+            for number in range(1, self._settings.max_pages + 1):
                 body, received_at = self._result(pending, deadline, number)
                 loaded = self._load(number, body)
                 del body
                 rows += len(loaded.rows)
-                if rows > self._config.max_rows:
+                if rows > self._settings.max_rows:
                     raise PaginationError(
-                        f"more than --letta.max-rows={self._config.max_rows} rows "
+                        f"more than --letta.max-rows={self._settings.max_rows} rows "
                         f"({rows} with page {number})"
                     )
                 cursor = loaded.last_id
@@ -173,7 +194,7 @@ class EnvironmentsClient:
                 if loaded.has_next_page and cursor is not None and not repeated:
                     cursors.add(cursor)
                     params["after"] = cursor
-                    if number < self._config.max_pages:
+                    if number < self._settings.max_pages:
                         sent = threading.Event()
                         next_page = self._worker.submit(self._fetch, dict(params), deadline, sent)
                         # Validating holds the GIL in stretches: let the request leave first.
@@ -192,7 +213,7 @@ class EnvironmentsClient:
             pending.cancel()  # a request not started yet is not made; one under way ends alone
             if next_page is not None:
                 next_page.cancel()
-        raise PaginationError(f"more than --letta.max-pages={self._config.max_pages} pages")
+        raise PaginationError(f"more than --letta.max-pages={self._settings.max_pages} pages")
 
     def _result(
         self, pending: Future[tuple[bytes, float]], deadline: float, number: int
@@ -248,7 +269,7 @@ class EnvironmentsClient:
             retry_after: float | None = None
             try:
                 status, headers, body = self._request(
-                    params, min(self._config.request_timeout, remaining), deadline, sent
+                    params, min(self._settings.request_timeout, remaining), deadline, sent
                 )
             except httpx.TimeoutException as exc:
                 self._observe("timeout")
@@ -263,7 +284,7 @@ class EnvironmentsClient:
                 ) from None
             except BodyTooLargeError as exc:
                 self._observe("200")  # not retried: the same upstream would send the same
-                size = format_size(self._config.max_response_size)
+                size = format_size(self._settings.max_response_size)
                 raise InvalidResponseError(
                     f"the answer from {LIST_PATH} {exc} (--letta.max-response-size={size})"
                 ) from None
@@ -289,7 +310,7 @@ class EnvironmentsClient:
                     raise error
             if retry_after is not None:
                 self._not_before = self._monotonic() + retry_after
-            if attempt >= self._config.max_retries:
+            if attempt >= self._settings.max_retries:
                 raise _with_note(error, f"after {attempt + 1} attempt(s)")
             delay = retry_after if retry_after is not None else self._backoff(attempt)
             if self._monotonic() + delay >= deadline:
@@ -314,7 +335,7 @@ class EnvironmentsClient:
             "GET", LIST_PATH, params=params, timeout=timeout, extensions=_trace_sent(sent)
         ) as response:
             status = response.status_code
-            limit = self._config.max_response_size
+            limit = self._settings.max_response_size
             if not 200 <= status < 300:
                 with contextlib.suppress(BodyError):
                     read_body(
@@ -330,17 +351,17 @@ class EnvironmentsClient:
         Each value but the first follows one of `,:[{`, so their count bounds the values.
         """
         values = sum(body.count(mark) for mark in (b",", b":", b"[", b"{"))
-        allowed = self._config.max_response_size // BYTES_PER_VALUE
+        allowed = self._settings.max_response_size // BYTES_PER_VALUE
         if values > allowed:
             raise InvalidResponseError(
                 f"the answer from {LIST_PATH} holds {values} JSON values; real rows filling "
-                f"--letta.max-response-size={format_size(self._config.max_response_size)} "
+                f"--letta.max-response-size={format_size(self._settings.max_response_size)} "
                 f"hold at most {allowed}"
             )
 
     def _backoff(self, attempt: int) -> float:
         """Capped exponential backoff with full jitter."""
-        ceiling = min(self._config.retry_backoff_max, self._config.retry_backoff * 2**attempt)
+        ceiling = min(self._settings.retry_backoff_max, self._settings.retry_backoff * 2**attempt)
         return float(ceiling * self._jitter())
 
     def _wait_until(self, not_before: float, deadline: float) -> None:

@@ -12,13 +12,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from exporter import clock
 from exporter.client import EnvironmentsClient
-from exporter.config import Config
 from exporter.errors import UpstreamError
 from exporter.fleet import ReleaseInfo
-from exporter.rendering import render_fleet
+from exporter.rendering import RenderOptions, render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import SnapshotBuilder
 from exporter.store import GZIP_LEVEL, GzipPrefix, PublishedFleet, Store
@@ -54,12 +54,21 @@ def _scrapes_first() -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
+@dataclass(frozen=True, slots=True)
+class PollSettings:
+    """What a poll reads: its deadline, the interval it should keep within, how to render."""
+
+    timeout: float
+    interval: float
+    render: RenderOptions
+
+
 class Poller:
     """Owns all upstream I/O; ``poll_once`` never raises."""
 
     def __init__(
         self,
-        config: Config,
+        settings: PollSettings,
         client: EnvironmentsClient,
         store: Store,
         metrics: ExporterMetrics,
@@ -68,8 +77,7 @@ class Poller:
         wall_clock: Callable[[], float] = clock.wall_clock,
         monotonic: Callable[[], float] = clock.monotonic,
     ) -> None:
-        self._config = config
-        self._render_options = config.render_options()
+        self._settings = settings
         self._releases = releases
         self._client = client
         self._store = store
@@ -99,7 +107,7 @@ class Poller:
                 "a poll is still running after %.1fs (interval %gs); polls are skipped until "
                 "it ends",
                 self._monotonic() - self._started,
-                self._config.poll_interval,
+                self._settings.interval,
             )
             return False
         try:
@@ -115,7 +123,7 @@ class Poller:
         started = self._started
         try:
             with _quiet_collector(), _scrapes_first():
-                fleet = self._fetch(started + self._config.effective_poll_timeout)
+                fleet = self._fetch(started + self._settings.timeout)
         except UpstreamError as exc:
             self._fail(exc.kind, str(exc), started)
             return False
@@ -161,7 +169,7 @@ class Poller:
             self._last_invalid = builder.invalid_records
         if builder.duplicates:
             log.debug("ignored %d row(s) seen on an earlier page", builder.duplicates)
-        rendered = render_fleet(snapshot, self._render_options, self._releases())
+        rendered = render_fleet(snapshot, self._settings.render, self._releases())
         if rendered.dropped_environments:
             self._metrics.dropped.inc(rendered.dropped_environments)
         completed_at = snapshot.completed_at

@@ -10,7 +10,9 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote
 
@@ -25,7 +27,6 @@ from exporter.body import (
     DeadlinePassedError,
     read_body,
 )
-from exporter.config import Config
 from exporter.fleet import ReleaseInfo
 from exporter.units import format_size
 
@@ -64,21 +65,32 @@ def parse_packument(body: bytes, fetched_at: float) -> ReleaseInfo:
     return ReleaseInfo(latest=latest, published=MappingProxyType(published), fetched_at=fetched_at)
 
 
+@dataclass(frozen=True, slots=True)
+class LookupSettings:
+    """What the lookup reads: which registry and package, how long to wait, how much to read."""
+
+    registry_url: str
+    package: str
+    timeout: float
+    max_response_size: int
+    ca_file: Path | None
+
+
 class ReleaseLookup:
     """Asks the registry for the package's document; keeps the last good answer."""
 
     def __init__(
         self,
-        config: Config,
+        settings: LookupSettings,
         *,
         transport: httpx.BaseTransport | None = None,
         observe: Callable[[str], None] | None = None,
         wall_clock: Callable[[], float] = clock.wall_clock,
         monotonic: Callable[[], float] = clock.monotonic,
     ) -> None:
-        self._url = f"{config.version_registry_url}/{quote(config.version_package, safe='@')}"
-        self._timeout = config.version_registry_timeout
-        self._max_size = config.version_max_response_size
+        self._url = f"{settings.registry_url}/{quote(settings.package, safe='@')}"
+        self._timeout = settings.timeout
+        self._max_size = settings.max_response_size
         self._monotonic = monotonic
         self._observe = observe or (lambda result: None)
         self._wall_clock = wall_clock
@@ -86,13 +98,13 @@ class ReleaseLookup:
         self._failing: str | None = None
         self.current: ReleaseInfo | None = None
         verify: ssl.SSLContext | bool = True
-        if config.ca_file is not None:
+        if settings.ca_file is not None:
             # The registry is public: trust the system CAs, and the Letta API's CA as well
             # (a TLS-inspecting proxy in front of both is the usual reason for a CA file).
             verify = ssl.create_default_context()
-            verify.load_verify_locations(cafile=str(config.ca_file))
+            verify.load_verify_locations(cafile=str(settings.ca_file))
         self._http = httpx.Client(
-            timeout=config.version_registry_timeout,
+            timeout=settings.timeout,
             headers={
                 # The full document: the abbreviated one (application/vnd.npm.install-v1+json)
                 # has no `time`, and the publication times are what the drift metrics read.

@@ -31,9 +31,11 @@ from prometheus_client import disable_created_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/, beside scripts/
 
+from pydantic import SecretStr
+
 from bench.procs import memory_of
 from exporter.client import EnvironmentsClient
-from exporter.config import Config, Secret
+from exporter.config import Config
 from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
@@ -58,12 +60,14 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     simulator = start_simulator(
         fleet_size=args.fleet_size, seed=1, api_key="soak", churn=True, clock=clock
     )
-    config = Config(api_key=Secret("soak"), base_url=simulator.url, page_size=args.page_size)
+    config = Config(api_key=SecretStr("soak"), base_url=simulator.url, page_size=args.page_size)
     disable_created_metrics()  # as the exporter's command line does
     metrics = ExporterMetrics(config.poll_interval)
     state = Store()
-    client = EnvironmentsClient(config, observe=metrics.observe_request, wall_clock=clock)
-    poller = Poller(config, client, state, metrics, wall_clock=clock)
+    client = EnvironmentsClient(
+        config.client_settings(), observe=metrics.observe_request, wall_clock=clock
+    )
+    poller = Poller(config.poll_settings(), client, state, metrics, wall_clock=clock)
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
         store=state,

@@ -11,15 +11,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from prometheus_client import disable_created_metrics
+from pydantic import SecretStr
 
-from exporter.config import Config, Secret
+from exporter.client import ClientSettings
+from exporter.config import Config
 from exporter.rendering import RenderOptions
 from exporter.simulator import SimulatorHTTPServer, start_simulator
 
@@ -60,8 +61,13 @@ def free_port() -> int:
 
 
 def make_config(**overrides: Any) -> Config:
-    base = Config(api_key=Secret(API_KEY), base_url="http://upstream.test", poll_jitter=0.0)
-    return replace(base, **overrides)
+    base = {"api_key": SecretStr(API_KEY), "base_url": "http://upstream.test", "poll_jitter": 0.0}
+    return Config(**{**base, **overrides})
+
+
+def client_settings(**overrides: Any) -> ClientSettings:
+    """What the client reads of a test configuration (`make_config` names the overrides)."""
+    return make_config(**overrides).client_settings()
 
 
 def render_options(**overrides: Any) -> RenderOptions:

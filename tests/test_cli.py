@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from exporter.config import Secret, load_config
+from exporter.config import load_config
 from exporter.errors import ConfigError
 from exporter.simulator import LATEST_RELEASE, SimulatorHTTPServer
 from exporter.units import parse_duration, parse_size
@@ -182,7 +183,7 @@ def test_api_key_from_a_file_and_never_in_reprs(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text("sk-from-file-42\n")
     config = load_config([f"--letta.api-key-file={key_file}"], {}).config
-    assert config.api_key == Secret("sk-from-file-42")
+    assert config.api_key == SecretStr("sk-from-file-42")
     assert "sk-from-file-42" not in repr(config) and "sk-from-file-42" not in str(config)
     key_file.write_text("")
     with pytest.raises(ConfigError, match="file is empty"):

@@ -21,7 +21,7 @@ from exporter.errors import (
     UpstreamConnectionError,
     UpstreamTimeoutError,
 )
-from tests.conftest import API_KEY, make_config
+from tests.conftest import API_KEY, client_settings
 
 NOW = 1_800_000_000.0
 
@@ -68,7 +68,7 @@ def _client(
 ) -> EnvironmentsClient:
     clock = clock or FakeClock()
     return EnvironmentsClient(
-        make_config(**config),
+        client_settings(**config),
         transport=httpx.MockTransport(handler),
         observe=(codes.append if codes is not None else None),
         sleep=clock.sleep,
@@ -174,7 +174,7 @@ def test_full_jitter_scales_the_backoff() -> None:
     responses = [httpx.Response(503), _page(["a"], False)]
     clock = FakeClock()
     client = EnvironmentsClient(
-        make_config(retry_backoff=2.0),
+        client_settings(retry_backoff=2.0),
         transport=httpx.MockTransport(lambda r: responses.pop(0)),
         sleep=clock.sleep,
         monotonic=clock.monotonic,

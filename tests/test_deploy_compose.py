@@ -262,7 +262,7 @@ def effective_base_url(shell: Mapping[str, str]) -> tuple[str, str]:
     container_path = flag.removeprefix("--config.file=")
     config_file = host_path("exporter", container_path)
     config = load_config([f"--config.file={config_file}"], env).config
-    return config.base_url, config.api_key.reveal()
+    return config.base_url, config.api_key.get_secret_value()
 
 
 def test_exporter_watches_the_simulator_with_a_demo_key_by_default() -> None:

@@ -29,7 +29,13 @@ from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
 from exporter.simulator import LATEST_RELEASE, SimulatedFleet, SimulatorHTTPServer
 from exporter.store import PublishedFleet, Store
-from tests.conftest import API_KEY, exporter_process, free_port, make_config, wait_until
+from tests.conftest import (
+    API_KEY,
+    exporter_process,
+    free_port,
+    make_config,
+    wait_until,
+)
 from tests.hostile import HostileServer
 
 FLEET = 60  # the `simulator` fixture's fleet: 3 pages of 25, 25 and 10 rows
@@ -287,9 +293,9 @@ def _rig(base_url: str, **overrides: Any) -> Iterator[Rig]:
     config = make_config(base_url=base_url, **{**BASE, **overrides})
     metrics = ExporterMetrics(config.poll_interval, process=False)
     state = Store()
-    client = EnvironmentsClient(config, observe=metrics.observe_request)
+    client = EnvironmentsClient(config.client_settings(), observe=metrics.observe_request)
     try:
-        yield Rig(Poller(config, client, state, metrics), state, metrics, client)
+        yield Rig(Poller(config.poll_settings(), client, state, metrics), state, metrics, client)
     finally:
         client.close()
 

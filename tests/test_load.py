@@ -50,8 +50,8 @@ def _exporter_under_polls() -> Iterator[Served]:
     config = make_config(base_url=simulator.url, page_size=100)
     metrics = ExporterMetrics(config.poll_interval)
     state = Store()
-    client = EnvironmentsClient(config, observe=metrics.observe_request)
-    poller = Poller(config, client, state, metrics)
+    client = EnvironmentsClient(config.client_settings(), observe=metrics.observe_request)
+    poller = Poller(config.poll_settings(), client, state, metrics)
     server = ExporterHTTPServer(
         ("127.0.0.1", 0),
         store=state,

@@ -65,13 +65,13 @@ def _poller(
     metrics = ExporterMetrics(cfg.poll_interval, process=False)
     state = Store()
     client = EnvironmentsClient(
-        cfg,
+        cfg.client_settings(),
         transport=httpx.MockTransport(upstream),
         observe=metrics.observe_request,
         sleep=lambda s: None,
         **({"wall_clock": wall_clock} if wall_clock else {}),
     )
-    return Poller(cfg, client, state, metrics), state, metrics
+    return Poller(cfg.poll_settings(), client, state, metrics), state, metrics
 
 
 def _states(state: Store) -> dict[str, float]:
@@ -186,8 +186,8 @@ def test_fleet_bytes_are_withdrawn_after_the_maximum_data_age() -> None:
     cfg = make_config()
     metrics = ExporterMetrics(cfg.poll_interval, process=False)
     state = Store()
-    client = EnvironmentsClient(cfg, transport=httpx.MockTransport(upstream))
-    Poller(cfg, client, state, metrics, monotonic=lambda: clock[0]).poll_once()
+    client = EnvironmentsClient(cfg.client_settings(), transport=httpx.MockTransport(upstream))
+    Poller(cfg.poll_settings(), client, state, metrics, monotonic=lambda: clock[0]).poll_once()
     assert state.fresh_fleet(600, now=clock[0] + 600) is state.fleet
     assert state.fresh_fleet(600, now=clock[0] + 600.5) is None
 

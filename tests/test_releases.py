@@ -105,7 +105,7 @@ def registry() -> Iterator[FakeRegistry]:
 
 def _lookup(registry: FakeRegistry, metrics: ExporterMetrics) -> ReleaseLookup:
     config = make_config(version_registry_url=registry.url, version_registry_timeout=2.0)
-    return ReleaseLookup(config, observe=metrics.observe_release_lookup)
+    return ReleaseLookup(config.lookup_settings(), observe=metrics.observe_release_lookup)
 
 
 def test_lookup_reads_latest_and_release_dates(registry: FakeRegistry) -> None:
@@ -179,7 +179,7 @@ def test_an_unreachable_registry_is_a_connection_error() -> None:
 
     metrics = ExporterMetrics(60, process=False)
     lookup = ReleaseLookup(
-        make_config(version_registry_url=f"http://127.0.0.1:{free_port()}"),
+        make_config(version_registry_url=f"http://127.0.0.1:{free_port()}").lookup_settings(),
         observe=metrics.observe_release_lookup,
     )
     try:
@@ -194,7 +194,9 @@ def test_an_unreachable_registry_is_a_connection_error() -> None:
 
 
 def test_the_simulator_serves_a_registry_document(simulator: SimulatorHTTPServer) -> None:
-    lookup = ReleaseLookup(make_config(version_registry_url=f"{simulator.url}/_registry"))
+    lookup = ReleaseLookup(
+        make_config(version_registry_url=f"{simulator.url}/_registry").lookup_settings()
+    )
     try:
         assert lookup.refresh()
     finally:

@@ -129,11 +129,11 @@ def test_the_key_is_in_no_repr_and_no_exception(tmp_path: Path) -> None:
         load_config([], {"LETTA_API_KEY": KEY}).config,
         load_config([f"--letta.api-key-file={key_file}"], {}).config,
     ):
-        assert config.api_key.reveal() == KEY
+        assert config.api_key.get_secret_value() == KEY
         for text in (repr(config), str(config), repr(config.api_key), f"{config.api_key}"):
             assert KEY not in text
         client = EnvironmentsClient(
-            config, transport=httpx.MockTransport(lambda r: httpx.Response(401))
+            config.client_settings(), transport=httpx.MockTransport(lambda r: httpx.Response(401))
         )
         assert KEY not in repr(client)
         with pytest.raises(AuthError) as info:
