@@ -209,6 +209,7 @@ def _run_forever(config: Config) -> int:
     except _StopRequested:
         pass
     log.info("shutting down")
+    poller.stop()  # a poll under way is abandoned when its client closes below
     scheduler.shutdown(wait=False)
     server.shutdown()
     server.server_close()

@@ -13,7 +13,6 @@ import math
 import random
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -43,6 +42,7 @@ from exporter.errors import (
     UpstreamTimeoutError,
 )
 from exporter.models import InvalidJSONError, LoadedPage, ParsedPage, ValidationError, load_page
+from exporter.sockets import OpenSockets
 from exporter.units import format_size
 
 log = logging.getLogger(__name__)
@@ -118,14 +118,17 @@ class EnvironmentsClient:
         *,
         transport: httpx.BaseTransport | None = None,
         observe: Callable[[str], None] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         monotonic: Callable[[], float] = clock.monotonic,
         wall_clock: Callable[[], float] = clock.wall_clock,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._settings = settings
         self._observe = observe or (lambda code: None)
-        self._sleep = sleep
+        self._closed = threading.Event()
+        # Waits end early when the client is closed: a shutdown does not sit out a backoff.
+        self._sleep = sleep or self._closed.wait
+        self._sockets = OpenSockets()
         self._monotonic = monotonic
         self._wall_clock = wall_clock
         self._jitter = jitter
@@ -151,7 +154,10 @@ class EnvironmentsClient:
         )
 
     def close(self) -> None:
+        """Release the connections; a request in flight ends at once, failing its poll."""
+        self._closed.set()
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self._sockets.shut_down()
         self._http.close()
 
     def __repr__(self) -> str:
@@ -310,7 +316,7 @@ class EnvironmentsClient:
                     raise error
             if retry_after is not None:
                 self._not_before = self._monotonic() + retry_after
-            if attempt >= self._settings.max_retries:
+            if attempt >= self._settings.max_retries or self._closed.is_set():
                 raise _with_note(error, f"after {attempt + 1} attempt(s)")
             delay = retry_after if retry_after is not None else self._backoff(attempt)
             if self._monotonic() + delay >= deadline:
@@ -332,7 +338,11 @@ class EnvironmentsClient:
         when it is small (so that the connection can be used again), and never kept.
         """
         with self._http.stream(
-            "GET", LIST_PATH, params=params, timeout=timeout, extensions=_trace_sent(sent)
+            "GET",
+            LIST_PATH,
+            params=params,
+            timeout=timeout,
+            extensions={"trace": self._sockets.trace(_trace_sent(sent))},
         ) as response:
             status = response.status_code
             limit = self._settings.max_response_size
@@ -373,16 +383,16 @@ class EnvironmentsClient:
         self._sleep(delay)
 
 
-def _trace_sent(sent: threading.Event | None) -> dict[str, Any]:
-    """An httpcore `trace` extension that sets ``sent`` when the response is awaited."""
+def _trace_sent(sent: threading.Event | None) -> Callable[[str, dict[str, Any]], None] | None:
+    """An httpcore `trace` callback that sets ``sent`` when the response is awaited."""
     if sent is None:
-        return {}
+        return None
 
     def trace(event: str, info: dict[str, Any]) -> None:
         if event.endswith("receive_response_headers.started"):
             sent.set()
 
-    return {"trace": trace}
+    return trace
 
 
 def _with_note(error: UpstreamError, note: str) -> UpstreamError:

@@ -85,6 +85,7 @@ class Poller:
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self._started = 0.0  # when the running poll started
         self._skipped = 0  # polls skipped while this one runs
         self._overrunning = False  # in a streak of polls that overran the interval
@@ -119,15 +120,24 @@ class Poller:
                 self._overrunning = False  # a poll that kept within its interval ends a streak
             self._lock.release()
 
+    def stop(self) -> None:
+        """The exporter is shutting down: a poll that fails from now on was abandoned, not
+        failed, and is neither counted nor logged as an error."""
+        self._stopping.set()
+
     def _poll(self) -> bool:
         started = self._started
         try:
             with _quiet_collector(), _scrapes_first():
                 fleet = self._fetch(started + self._settings.timeout)
-        except UpstreamError as exc:
-            self._fail(exc.kind, str(exc), started)
-            return False
-        except Exception:  # a bug must not stop the schedule; keep the last good fleet
+        except Exception as exc:
+            if self._stopping.is_set():  # its client was closed under it
+                log.info("poll abandoned: the exporter is shutting down")
+                return False
+            if isinstance(exc, UpstreamError):
+                self._fail(exc.kind, str(exc), started)
+                return False
+            # A bug must not stop the schedule; keep the last good fleet.
             log.exception("poll failed unexpectedly")
             self._fail("internal_error", "internal error", started)
             return False

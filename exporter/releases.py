@@ -28,6 +28,7 @@ from exporter.body import (
     read_body,
 )
 from exporter.fleet import ReleaseInfo
+from exporter.sockets import OpenSockets
 from exporter.units import format_size
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class ReleaseLookup:
         self._observe = observe or (lambda result: None)
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
+        self._closed = False
+        self._sockets = OpenSockets()
         self._failing: str | None = None
         self.current: ReleaseInfo | None = None
         verify: ssl.SSLContext | bool = True
@@ -119,6 +122,9 @@ class ReleaseLookup:
         )
 
     def close(self) -> None:
+        """Release the connections; a lookup in flight ends at once, unreported."""
+        self._closed = True
+        self._sockets.shut_down()
         self._http.close()
 
     def refresh(self) -> bool:
@@ -129,6 +135,8 @@ class ReleaseLookup:
             result, detail = self._lookup()
         finally:
             self._lock.release()
+        if self._closed:
+            return False  # shutting down: the lookup was abandoned, not failed
         self._observe(result)
         if result == "success":
             if self._failing is not None:
@@ -147,13 +155,15 @@ class ReleaseLookup:
 
     def _lookup(self) -> tuple[str, str]:
         deadline = self._monotonic() + self._timeout  # the whole lookup, body included
-        request = self._http.build_request("GET", self._url)
+        trace = {"trace": self._sockets.trace()}
+        request = self._http.build_request("GET", self._url, extensions=trace)
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 response = self._http.send(request, stream=True)
                 try:
                     if response.next_request is not None:
                         request = response.next_request  # its body is never read
+                        request.extensions = {**request.extensions, **trace}
                         continue
                     if response.status_code != 200:
                         return "http_error", f"HTTP {response.status_code} from {request.url}"

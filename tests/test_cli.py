@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -339,3 +341,64 @@ def test_sigterm_shuts_down_cleanly_and_a_burst_of_signals_cannot_hang_it(
                 break
             running.process.send_signal(signal.SIGTERM)
         running.process.wait(timeout=10)
+
+
+class _HeldUpstream(ThreadingHTTPServer):
+    """An API on loopback that takes the request, then answers only when released."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.asked = threading.Event()
+        self.released = threading.Event()
+        self.requests = 0
+        super().__init__(("127.0.0.1", 0), _HeldHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}"
+
+
+class _HeldHandler(BaseHTTPRequestHandler):
+    server: _HeldUpstream
+
+    def do_GET(self) -> None:
+        self.server.requests += 1
+        self.server.asked.set()
+        self.server.released.wait(120)  # bounded: the test releases it once the exporter is gone
+        body = b'{"connections": [], "hasNextPage": false}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_sigterm_during_a_poll_abandons_it_without_an_error() -> None:
+    upstream = _HeldUpstream()
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        # The request's own timeout and the poll's deadline are minutes away: only the
+        # shutdown can end this poll before the upstream answers.
+        with exporter_process(
+            f"--letta.base-url={upstream.url}",
+            "--letta.poll-interval=10m",
+            "--letta.request-timeout=5m",
+            ready=False,
+        ) as running:
+            wait_until(upstream.asked.is_set, 20, "the first poll's request upstream")
+            running.process.send_signal(signal.SIGTERM)
+            assert running.process.wait(timeout=20) == 0
+            assert not upstream.released.is_set()  # it exited while the request was held
+            log = running.log()
+        assert "poll abandoned" in log, log
+        assert "level=error" not in log and "internal_error" not in log, log
+        assert "Traceback" not in log, log
+        assert upstream.requests == 1  # abandoned, not retried
+    finally:
+        upstream.released.set()
+        upstream.shutdown()
+        upstream.server_close()
