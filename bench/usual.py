@@ -41,7 +41,7 @@ def fetch_snapshot(config: Config, observe: Callable[[str], None] | None = None)
     builder = SnapshotBuilder()
     try:
         for fetched in client.iter_pages(time.monotonic() + 600):
-            builder.add(fetched.received_at, fetched.page.connections, len(fetched.page.invalid))
+            builder.add(fetched.received_at, fetched.rows.connections, len(fetched.rows.invalid))
     finally:
         client.close()
     return builder.build(time.time())

@@ -21,7 +21,7 @@ from exporter.client import EnvironmentsClient
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError
 from exporter.poller import Poller
-from exporter.releases import ReleaseLookup
+from exporter.release_lookup import ReleaseLookup
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, parse_listen_address, serve_in_background
 from exporter.store import Store

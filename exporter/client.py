@@ -41,7 +41,7 @@ from exporter.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from exporter.models import InvalidJSONError, LoadedPage, ParsedPage, ValidationError, load_page
+from exporter.models import InvalidJSONError, Page, ValidationError, ValidRows, load_page
 from exporter.sockets import OpenSockets
 from exporter.units import format_size
 
@@ -81,7 +81,7 @@ class ClientSettings:
 class FetchedPage:
     """A parsed page and the wall-clock time its body arrived."""
 
-    page: ParsedPage
+    rows: ValidRows
     received_at: float
 
 
@@ -205,7 +205,7 @@ class EnvironmentsClient:
                         next_page = self._worker.submit(self._fetch, dict(params), deadline, sent)
                         # Validating holds the GIL in stretches: let the request leave first.
                         sent.wait(self._left(deadline))
-                yield FetchedPage(page=loaded.validate(), received_at=received_at)
+                yield FetchedPage(rows=loaded.validate(), received_at=received_at)
                 if not loaded.has_next_page:
                     return
                 if cursor is None:
@@ -237,7 +237,7 @@ class EnvironmentsClient:
         """Seconds to wait for the worker until ``deadline``; None (no limit) for infinity."""
         return None if deadline == math.inf else max(0.0, deadline - self._monotonic())
 
-    def _load(self, number: int, body: bytes) -> LoadedPage:
+    def _load(self, number: int, body: bytes) -> Page:
         try:
             return load_page(body)
         except InvalidJSONError as exc:

@@ -28,7 +28,7 @@ from exporter import __version__
 from exporter.client import ClientSettings
 from exporter.errors import ConfigError
 from exporter.poller import PollSettings
-from exporter.releases import LookupSettings
+from exporter.release_lookup import LookupSettings
 from exporter.rendering import RenderOptions
 from exporter.units import MiB, format_duration, format_size, parse_duration, parse_size
 

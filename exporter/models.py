@@ -25,14 +25,13 @@ __all__ = [
     "Connection",
     "EnvironmentListResponse",
     "InvalidJSONError",
-    "LoadedPage",
     "Machine",
     "Metadata",
-    "ParsedPage",
+    "Page",
     "SelfUpdate",
+    "ValidRows",
     "ValidationError",
     "load_page",
-    "parse_page",
 ]
 
 _CONFIG = ConfigDict(frozen=True, extra="ignore", strict=True, populate_by_name=True)
@@ -132,7 +131,7 @@ class EnvironmentListResponse(BaseModel):
     has_next_page: bool = Field(alias="hasNextPage")
 
 
-class _LoosePage(BaseModel):
+class _Envelope(BaseModel):
     """The page envelope alone, so that one bad row does not cost the whole page."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
@@ -141,15 +140,11 @@ class _LoosePage(BaseModel):
     has_next_page: bool = Field(alias="hasNextPage")
 
 
-class ParsedPage(BaseModel):
-    """A page after validation: the valid rows and what was wrong with the others."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True, slots=True)
+class ValidRows:
+    """The rows of a page that passed validation, and what was wrong with the others."""
 
     connections: tuple[Connection, ...]
-    has_next_page: bool
-    last_id: str | None
-    """The cursor for the next page: the `id` of the page's last row that has one."""
     invalid: tuple[str, ...] = ()
 
 
@@ -158,7 +153,7 @@ ROW_BATCH = 100  # rows validated per call: a call holds the GIL, and a scrape m
 
 
 @dataclass(frozen=True, slots=True)
-class LoadedPage:
+class Page:
     """A page decoded and its envelope checked; the rows are plain JSON values until
     `validate` (so the cursor is known, and the next page can be asked for, before that)."""
 
@@ -167,7 +162,7 @@ class LoadedPage:
     last_id: str | None
     """The cursor for the next page: the `id` of the page's last row that has one."""
 
-    def validate(self) -> ParsedPage:
+    def validate(self) -> ValidRows:
         """The valid rows as models; invalid ones become short error texts, not exceptions."""
         connections: list[Connection] = []
         invalid: list[str] = []
@@ -181,15 +176,10 @@ class LoadedPage:
                         connections.append(Connection.model_validate(row))
                     except ValidationError as exc:
                         invalid.append(_describe(index, exc))
-        return ParsedPage(
-            connections=tuple(connections),
-            has_next_page=self.has_next_page,
-            last_id=self.last_id,
-            invalid=tuple(invalid),
-        )
+        return ValidRows(connections=tuple(connections), invalid=tuple(invalid))
 
 
-def load_page(body: bytes) -> LoadedPage:
+def load_page(body: bytes) -> Page:
     """Decode one page and check its envelope; raises ``InvalidJSONError`` when the body is
     not JSON, ``ValidationError`` when the envelope is not the documented shape."""
     # Decoded in one call (~4 ms a 1,000-row page, the GIL held), then validated in batches:
@@ -202,21 +192,13 @@ def load_page(body: bytes) -> LoadedPage:
             document = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise InvalidJSONError(f"body is not JSON: {type(exc).__name__}") from None
-    loose = _LoosePage.model_validate(document)
+    loose = _Envelope.model_validate(document)
     last_id = None
     for row in reversed(loose.connections):
         if isinstance(row, dict) and isinstance(row.get("id"), str):
             last_id = row["id"]
             break
-    return LoadedPage(rows=loose.connections, has_next_page=loose.has_next_page, last_id=last_id)
-
-
-def parse_page(body: bytes) -> ParsedPage:
-    """Parse one page; invalid rows are returned as short error texts, not raised.
-
-    Raises ``ValidationError`` when the envelope itself is not the documented shape.
-    """
-    return load_page(body).validate()
+    return Page(rows=loose.connections, has_next_page=loose.has_next_page, last_id=last_id)
 
 
 class InvalidJSONError(ValueError):

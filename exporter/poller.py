@@ -157,10 +157,10 @@ class Poller:
         builder = SnapshotBuilder()
         first_invalid = None
         for fetched in self._client.iter_pages(deadline):
-            invalid = fetched.page.invalid
+            invalid = fetched.rows.invalid
             if invalid and first_invalid is None:
                 first_invalid = invalid[0]
-            builder.add(fetched.received_at, fetched.page.connections, len(invalid))
+            builder.add(fetched.received_at, fetched.rows.connections, len(invalid))
             # The young generation only: it frees each HTTP response (httpx keeps it in a
             # reference cycle, body included) without walking the rows kept so far.
             gc.collect(0)
@@ -185,7 +185,7 @@ class Poller:
         completed_at = snapshot.completed_at
         # The snapshot is not kept, and is let go before compressing: scrapes need only bytes.
         del snapshot
-        builder.release()
+        builder.discard()
         return PublishedFleet(
             plain=rendered.text,
             gzipped=GzipPrefix(rendered.text, GZIP_LEVEL),

@@ -12,7 +12,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
 from exporter.errors import POLL_RESULTS
-from exporter.releases import LOOKUP_RESULTS
+from exporter.release_lookup import LOOKUP_RESULTS
 
 
 class ExporterMetrics:

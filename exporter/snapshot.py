@@ -161,7 +161,7 @@ class SnapshotBuilder:
         self.invalid_records += invalid
         self._pages.append(SnapshotPage(observed_at=observed_at, connections=tuple(fresh)))
 
-    def release(self) -> None:
+    def discard(self) -> None:
         """Let go of the rows a page at a time, once no snapshot holds them any more.
 
         Freeing 100,000 rows in one statement holds the GIL for ~50 ms, and a scrape waits.

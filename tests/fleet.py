@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.models import parse_page
+from exporter.models import Connection, load_page
 from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import Environment, FleetSnapshot, SnapshotBuilder
 
@@ -32,6 +33,22 @@ def upstream_row(env_id: str = "e", **overrides: Any) -> dict[str, Any]:
     }
     row.update(overrides)
     return row
+
+
+@dataclass(frozen=True)
+class ParsedPage:
+    """A page decoded and validated in one step, as the tests read it."""
+
+    connections: tuple[Connection, ...]
+    invalid: tuple[str, ...]
+    has_next_page: bool
+    last_id: str | None
+
+
+def parse_page(body: bytes) -> ParsedPage:
+    page = load_page(body)
+    rows = page.validate()
+    return ParsedPage(rows.connections, rows.invalid, page.has_next_page, page.last_id)
 
 
 def snapshot_from(body: bytes, observed_at: float = FIXTURE_TIME) -> FleetSnapshot:

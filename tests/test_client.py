@@ -79,7 +79,7 @@ def _client(
 
 
 def _ids(client: EnvironmentsClient, deadline: float = 10_000.0) -> list[str]:
-    return [c.id for p in client.iter_pages(deadline) for c in p.page.connections]
+    return [c.id for p in client.iter_pages(deadline) for c in p.rows.connections]
 
 
 def test_pages_follow_the_cursor_with_every_filter_as_strings() -> None:
@@ -337,8 +337,8 @@ def test_invalid_rows_are_reported_per_page_not_raised() -> None:
         return httpx.Response(200, content=json.dumps({"connections": rows, "hasNextPage": False}))
 
     (fetched,) = list(_client(handler).iter_pages(10_000))
-    assert [c.id for c in fetched.page.connections] == ["a"]
-    assert len(fetched.page.invalid) == 1
+    assert [c.id for c in fetched.rows.connections] == ["a"]
+    assert len(fetched.rows.invalid) == 1
     assert fetched.received_at == NOW
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from exporter.models import Connection, InvalidJSONError, ValidationError, parse_page
-from tests.fleet import upstream_row
+from exporter.models import Connection, InvalidJSONError, ValidationError
+from tests.fleet import parse_page, upstream_row
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = FIXTURES / "reference"  # copies of the API reference pages

@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.models import parse_page
 from exporter.snapshot import SnapshotBuilder
 from tests.conftest import make_config, require_tool
-from tests.fleet import upstream_row
+from tests.fleet import parse_page, upstream_row
 
 OBSERVED_AT = 1_800_000_000.0
 SHORT, LONG, PATH = 64, 256, 1024  # the bounds of docs/metrics.md, written down independently

@@ -21,7 +21,7 @@ from exporter.fleet import (
     upgrade_blocker,
     view,
 )
-from exporter.releases import ReleaseLookup, parse_packument
+from exporter.release_lookup import ReleaseLookup, parse_packument
 from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.simulator import LATEST_RELEASE, RELEASES, SimulatorHTTPServer
@@ -152,7 +152,7 @@ def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(
         assert lookup.refresh()
         good = lookup.current
         registry.status, registry.body = status, body
-        with caplog.at_level(logging.WARNING, logger="exporter.releases"):
+        with caplog.at_level(logging.WARNING, logger="exporter.release_lookup"):
             assert not lookup.refresh()
             assert not lookup.refresh()
     finally:
