@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.models import Connection, load_page
@@ -84,6 +85,12 @@ def samples_by_name(text: bytes) -> Samples:
 def total(samples: list[tuple[dict[str, str], float]], **match: str) -> float:
     """The sum of the samples whose labels include ``match``."""
     return sum(v for labels, v in samples if all(labels.get(k) == x for k, x in match.items()))
+
+
+def served_value(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` with ``labels`` that ``url``/metrics serves now."""
+    text = httpx.get(f"{url}/metrics", timeout=30).content
+    return total(samples_by_name(text).get(name, []), **labels)
 
 
 def metric_value(metrics: ExporterMetrics, name: str, **labels: str) -> float:

@@ -271,6 +271,26 @@ def wait_for(
         raise pytest.fail.Exception(f"{exc}\n{logs}") from None
 
 
+MARKER_JOB = "marker"  # a job no exporter has: its alert proves the earlier groups flushed
+
+
+def flushed_after(am: Server, hooks: WebhookReceiver) -> None:
+    """Post a new, uninhibited alert and wait until it is delivered: every group created
+    before it has then passed its group_wait and been flushed, so an alert not delivered by
+    now was held back, not late."""
+    marker = {
+        "labels": {"alertname": STALE, "severity": "warning", "job": MARKER_JOB},
+        "annotations": {"summary": "marker"},
+    }
+    httpx.post(f"{am.url}/api/v2/alerts", json=[marker], timeout=5).raise_for_status()
+    wait_for(
+        lambda: any(a["labels"]["job"] == MARKER_JOB for _, a in hooks.alerts(STALE)),
+        15,
+        "the marker alert, sent after the others",
+        am,
+    )
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="letta-alerting-e2e-"))
@@ -506,10 +526,24 @@ def test_alertmanager_inhibits_fleet_alerts_while_the_exporter_is_down(workdir: 
             ("letta-low-noise", "LettaEnvironmentsUnrestrictedMode", "c"),
         }
         wait_for(lambda: delivered() >= expected, 15, "the uninhibited alerts", am)
-        # Inhibited groups would have been flushed with the others; give them two more
-        # group intervals to show up anyway.
-        time.sleep(2.5)
-        assert delivered() == expected
+
+        def suppressed() -> set[tuple[str, str]]:
+            response = httpx.get(f"{am.url}/api/v2/alerts", timeout=2)
+            response.raise_for_status()
+            return {
+                (a["labels"]["alertname"], a["labels"]["job"])
+                for a in response.json()
+                if a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"]
+            }
+
+        held = {
+            (STALE, "a"),
+            ("LettaEnvironmentsOnlineDrop", "a"),
+            ("LettaEnvironmentsOnlineDrop", "b"),
+        }
+        wait_for(lambda: suppressed() == held, 10, "the inhibited alerts held back", am)
+        flushed_after(am, hooks)
+        assert delivered() == expected | {("letta-ticket", STALE, MARKER_JOB)}
 
 
 def test_an_organisation_that_cannot_poll_silences_only_its_own_alerts(workdir: Path) -> None:
@@ -618,7 +652,7 @@ def test_an_organisation_that_cannot_poll_silences_only_its_own_alerts(workdir: 
         held = wait_for(acme_in_alertmanager, 10, f"acme's {STALE} in Alertmanager", am)
         assert all(a["status"]["state"] == "suppressed" for a in held), held
         assert all(a["status"]["inhibitedBy"] for a in held), held
-        time.sleep(2.5)  # two more group intervals: an uninhibited group would be flushed
+        flushed_after(am, hooks)
         assert notified(STALE, "acme") == set()
         assert not any(
             a["labels"].get("organization") == "globex" for _, a in hooks.alerts(polling)

@@ -20,6 +20,7 @@ from exporter.errors import ConfigError
 from exporter.simulator import LATEST_RELEASE, SimulatorHTTPServer
 from exporter.units import parse_duration, parse_size
 from tests.conftest import API_KEY, ROOT, exporter_process, require_tool, wait_until
+from tests.fleet import served_value
 
 LATEST_INFO = (
     f'letta_environments_latest_version_info{{version="{LATEST_RELEASE}",source="registry"}} 1'
@@ -299,14 +300,7 @@ def test_the_real_cli_serves_every_family_from_the_simulator(
         assert check.returncode == 0, check.stdout + check.stderr
 
         def polls() -> float:
-            for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-                for sample in family.samples:
-                    if (
-                        sample.name == "letta_exporter_polls_total"
-                        and sample.labels["result"] == "success"
-                    ):
-                        return sample.value
-            return 0.0
+            return served_value(url, "letta_exporter_polls_total", result="success")
 
         wait_until(lambda: polls() >= 3, 15, "three successful polls")
         assert LATEST_INFO in (text)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from bench.procs import memory_of
 from exporter import __version__
 from exporter.config import DEFAULT_PORT
 from tests.conftest import ROOT, exporter_process, require_tool, wait_until
+from tests.fleet import served_value
 from tests.hostile import HostileServer
 
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -143,16 +143,25 @@ def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
             "--version.refresh-interval=2s",
             env={"LETTA_BASE_URL": server.url},
         ) as exporter:
-            for _ in range(3):  # more polls and full scrapes: the peak of steady operation
-                body = httpx.get(exporter.url + "/metrics", timeout=30).text
-                time.sleep(2)
+            # More polls and full scrapes: the peak of steady operation.
+            def polled(times: int) -> bool:
+                success = served_value(exporter.url, "letta_exporter_polls_total", result="success")
+                return success >= times
+
+            for times in (2, 3, 4):
+                wait_until(lambda times=times: polled(times), 30, f"{times} successful polls")
+            body = httpx.get(exporter.url + "/metrics", timeout=30).text
             resident = memory_of(exporter.process.pid)["VmRSS"]
             server.mode, server.registry_mode = "string_flood", "gzip_bomb"
             wait_until(
                 lambda: (
-                    _count(exporter.url, "letta_exporter_polls_total", "pagination_error")
-                    and _count(
-                        exporter.url, "letta_exporter_release_lookups_total", "invalid_response"
+                    served_value(
+                        exporter.url, "letta_exporter_polls_total", result="pagination_error"
+                    )
+                    and served_value(
+                        exporter.url,
+                        "letta_exporter_release_lookups_total",
+                        result="invalid_response",
                     )
                 ),
                 60,
@@ -164,12 +173,6 @@ def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
     assert body.count("letta_environment_connected{") == SIZED_FOR_ENVIRONMENTS
     assert peak < quantity_bytes(resources["limits"]["memory"]), f"peak {peak >> 20} MiB"
     assert resident < quantity_bytes(resources["requests"]["memory"]), f"{resident >> 20} MiB"
-
-
-def _count(url: str, name: str, result: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=30).text
-    match = re.search(rf'^{name}{{result="{result}"}} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 def test_probe_paths_answer_200_on_a_live_exporter() -> None:
