@@ -78,10 +78,6 @@ class FleetSnapshot:
 
     pages: tuple[SnapshotPage, ...]
     completed_at: float
-    invalid_records: int = 0
-
-    def __len__(self) -> int:
-        return sum(len(page.connections) for page in self.pages)
 
     def observations(self) -> Iterator[tuple[Environment, float]]:
         """Each environment with the time it was observed."""
@@ -174,5 +170,4 @@ class SnapshotBuilder:
         return FleetSnapshot(
             pages=tuple(self._pages),
             completed_at=completed_at,
-            invalid_records=self.invalid_records,
         )
