@@ -71,7 +71,7 @@
         }] else [],
         if std.get($._config.alerts.LettaEnvironmentOffline, 'enabled', true) then [{
           "alert": "LettaEnvironmentOffline",
-          "expr": ("    job_connection:letta_environment_watched_online:max == 0\n  or\n    (\n        0 * max_over_time(job_connection:letta_environment_watched_online:max[" + $._config.alerts.LettaEnvironmentOffline["lookback"] + "]) - 1\n      unless\n        job_connection:letta_environment_watched_online:max\n    )\n"),
+          "expr": ("    job_connection:letta_environment_watched_online:max == 0\n  or\n    (\n        0 * max_over_time(job_connection:letta_environment_watched_online:max[" + $._config.alerts.LettaEnvironmentOffline["lookback"] + "]) - 1\n      unless\n        max without (" + std.join(', ', $._config.replica_labels) + ", environment_id, device_id, os, mode, version, node_version, user_id, runtime, arch, os_name, os_version, working_directory, git_branch) (letta_environment_info{" + $._config.job_selector + "})\n      and ignoring (connection_name)\n        job:letta_exporter_replicas_serving:count > 0\n    )\n"),
           "for": ($._config.alerts.LettaEnvironmentOffline["for"]),
           "labels": {
             "severity": ($._config.alerts.LettaEnvironmentOffline["severity"]),

@@ -108,25 +108,25 @@ def watched_online(s: Settings, selector: str, threshold: float) -> str:
     """One series per watched machine (connection name) listed now: 1 while any of its rows is
     online (leased, heartbeat younger than ``threshold`` seconds), else 0."""
     info = s.select("letta_environment_info", selector or NOTHING)
-    connected = f"max by (environment_id) ({s.select('letta_environment_connected')})"
-    heartbeat = (
-        "max by (environment_id) "
-        f"({s.select('letta_environment_last_heartbeat_timestamp_seconds')})"
-    )
     return f"""\
 max {s.without(*ROW_LABELS)} (
     {info}
   * on (environment_id) group_left ()
     (
         (
-            {connected} == 1
+            {connected(s)} == 1
           and on (environment_id)
-            time() - {heartbeat} < {threshold:g}
+            time() - {heartbeat(s)} < {threshold:g}
         )
       or on (environment_id)
-        0 * {connected}
+        0 * {connected(s)}
     )
 )"""
+
+
+def listed_machines(s: Settings) -> str:
+    """One series per connection name with a row in the list now, watched or not."""
+    return f"max {s.without(*ROW_LABELS)} ({s.select('letta_environment_info')})"
 
 
 def unrestricted(s: Settings, selector: str) -> str:
@@ -172,12 +172,12 @@ max {s.without()} (
             UNRESTRICTED,
             unrestricted(s, bundle.alerts["LettaEnvironmentsUnrestrictedMode"]["selector"]),
         ),
-        # Both replica counts are 0 rather than absent while the job has targets, so panels
-        # show 0 and alerts compare with `> 0`.
         (
             WATCHED,
             watched_online(s, offline["selector"], parse_duration(offline["threshold"])),
         ),
+        # Both replica counts are 0 rather than absent while the job has targets, so panels
+        # show 0 and alerts compare with `> 0`.
         (REPLICAS_SERVING, f"{replicas(poll_age_over(s, '<='))}\nor\n{no_replicas}"),
         # Down (not scraped) or scraped but not polling: the replica's series are gone or old.
         (
@@ -259,7 +259,9 @@ def _heartbeat_stale(s: Settings, p: Mapping[str, Any]) -> Alert:
 
 def _offline(s: Settings, p: Mapping[str, Any]) -> Alert:
     lookback = p["lookback"]
-    # 0: listed, no row online; -1: no row listed any more, but the machine was within lookback.
+    # 0: listed, no row online; -1: watched within lookback, no row of that name listed now
+    # (left out of the selector or renamed does not count), while a replica serves the fleet:
+    # an exporter that is down is LettaExporterDown's, not every machine's.
     return (
         f"""\
     {WATCHED} == 0
@@ -267,7 +269,9 @@ def _offline(s: Settings, p: Mapping[str, Any]) -> Alert:
     (
         0 * max_over_time({WATCHED}[{lookback}]) - 1
       unless
-        {WATCHED}
+        {listed_machines(s)}
+      and ignoring (connection_name)
+        {REPLICAS_SERVING} > 0
     )
 """,
         "A watched Letta Code machine is not online.",

@@ -14,6 +14,8 @@ import promql_parser
 import pytest
 import yaml
 
+from exporter.config import EXTRA_LABELS
+from exporter.families import render_fleet
 from monitoring.files import (
     EXAMPLE_HEADER,
     RULES_HEADER,
@@ -21,9 +23,10 @@ from monitoring.files import (
     render_rules,
     render_watching_example,
 )
-from monitoring.rules import ALERTS_GROUP, NOTHING, RULES_GROUP
+from monitoring.rules import ALERTS_GROUP, NOTHING, ROW_LABELS, RULES_GROUP
 from monitoring.settings import ConfigError, check_config, load_config, merge, parse_duration
-from tests.conftest import ROOT, require_tool, wait_until
+from tests.conftest import ROOT, make_config, require_tool, wait_until
+from tests.fleet import fixture_snapshot, samples_by_name
 
 ALERTS_DIR = ROOT / "alerts"
 RULES_PATH = ALERTS_DIR / "letta-environments.rules.yml"
@@ -414,3 +417,16 @@ def test_inhibitions_hold_per_organisation_and_shard(amtool: str, tmp_path: Path
         found = wait_until(lambda: len(states()) == len(sent) and states(), 10, "the alerts")
         assert {key for key, state in found.items() if state == "suppressed"} == inhibited
         assert all(state == "active" for key, state in found.items() if key not in inhibited)
+
+
+def test_the_rules_fold_every_row_label_the_exporter_serves_on_its_info_series() -> None:
+    """LettaEnvironmentOffline counts a machine by connection_name with every other label of
+    letta_environment_info folded away: a label missing from ROW_LABELS would split a machine
+    into its rows, and one re-registration would page."""
+    rendered = render_fleet(
+        fixture_snapshot(), make_config(environment_extra_labels=EXTRA_LABELS)
+    ).text
+    served = {
+        name for labels, _ in samples_by_name(rendered)["letta_environment_info"] for name in labels
+    }
+    assert served - {"connection_name"} == set(ROW_LABELS)
