@@ -11,6 +11,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY exporter/ exporter/
+COPY letta_simulator/ letta_simulator/
 # The project and every dependency as wheels: the runtime stage installs offline from them.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -60,7 +60,7 @@ class Simulator:
             [
                 sys.executable,
                 "-m",
-                "exporter.simulator",
+                "letta_simulator",
                 "--web.listen-address=127.0.0.1:0",
                 f"--fleet-size={fleet_size}",
                 f"--max-page-size={page_size}",

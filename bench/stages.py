@@ -18,10 +18,11 @@ from typing import Any
 from pydantic import SecretStr
 
 from exporter.config import Config
-from exporter.models import EnvironmentListResponse, ValidRows, load_page
+from exporter.models import ValidRows, load_page
 from exporter.rendering import render_fleet
-from exporter.simulator import SimulatedFleet
 from exporter.snapshot import FleetSnapshot, SnapshotBuilder
+from letta_simulator import SimulatedFleet
+from letta_simulator.schema import EnvironmentListResponse
 
 GZIP_LEVELS = (1, 2, 3, 4, 6, 9)
 

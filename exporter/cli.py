@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     simulator = None
     if config.demo:
-        from exporter.simulator import start_simulator
+        from letta_simulator import start_simulator
 
         simulator = start_simulator(fleet_size=config.demo_fleet_size)
         demo_changes: dict[str, object] = {

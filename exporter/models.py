@@ -23,7 +23,6 @@ from pydantic import (
 
 __all__ = [
     "Connection",
-    "EnvironmentListResponse",
     "InvalidJSONError",
     "Machine",
     "Metadata",
@@ -120,15 +119,6 @@ class Connection(BaseModel):
     current_mode: str | None = Field(default=None, alias="currentMode")
     metadata: Metadata | None = None
     user_id: str | None = Field(default=None, alias="userId")
-
-
-class EnvironmentListResponse(BaseModel):
-    """One page of `GET /v1/environments`."""
-
-    model_config = _CONFIG
-
-    connections: tuple[Connection, ...]
-    has_next_page: bool = Field(alias="hasNextPage")
 
 
 class _Envelope(BaseModel):

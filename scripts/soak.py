@@ -39,8 +39,8 @@ from exporter.config import Config
 from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
-from exporter.simulator import SimulatedFleet, start_simulator
 from exporter.store import Store
+from letta_simulator import SimulatedFleet, start_simulator
 
 MIB = 1024 * 1024
 

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from exporter.client import ClientSettings
 from exporter.config import Config
 from exporter.rendering import RenderOptions
-from exporter.simulator import SimulatorHTTPServer, start_simulator
+from letta_simulator import SimulatorHTTPServer, start_simulator
 
 if TYPE_CHECKING:
     from tests.artifacts import Artifacts

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from exporter.simulator import LATEST_RELEASE, RELEASES, SimulatedFleet
+from letta_simulator import LATEST_RELEASE, RELEASES, SimulatedFleet
 
 MiB = 1024 * 1024
 BOMB_INFLATED = 1024 * MiB

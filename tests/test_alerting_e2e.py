@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 
-from exporter.simulator import start_simulator
+from letta_simulator import start_simulator
 from monitoring.rules import WATCHED
 from monitoring.settings import load_config, merge
 from tests.conftest import (

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from exporter.config import EXTRA_LABELS
-from exporter.families import render_fleet
+from exporter.rendering import render_fleet
 from monitoring.files import (
     EXAMPLE_HEADER,
     RULES_HEADER,
@@ -25,7 +25,7 @@ from monitoring.files import (
 )
 from monitoring.rules import ALERTS_GROUP, NOTHING, ROW_LABELS, RULES_GROUP
 from monitoring.settings import ConfigError, check_config, load_config, merge, parse_duration
-from tests.conftest import ROOT, make_config, require_tool, wait_until
+from tests.conftest import ROOT, render_options, require_tool, wait_until
 from tests.fleet import fixture_snapshot, samples_by_name
 
 ALERTS_DIR = ROOT / "alerts"
@@ -424,7 +424,7 @@ def test_the_rules_fold_every_row_label_the_exporter_serves_on_its_info_series()
     letta_environment_info folded away: a label missing from ROW_LABELS would split a machine
     into its rows, and one re-registration would page."""
     rendered = render_fleet(
-        fixture_snapshot(), make_config(environment_extra_labels=EXTRA_LABELS)
+        fixture_snapshot(), render_options(environment_extra_labels=EXTRA_LABELS)
     ).text
     served = {
         name for labels, _ in samples_by_name(rendered)["letta_environment_info"] for name in labels

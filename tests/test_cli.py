@@ -17,8 +17,8 @@ from pydantic import SecretStr
 
 from exporter.config import load_config
 from exporter.errors import ConfigError
-from exporter.simulator import LATEST_RELEASE, SimulatorHTTPServer
 from exporter.units import parse_duration, parse_size
+from letta_simulator import LATEST_RELEASE, SimulatorHTTPServer
 from tests.conftest import API_KEY, ROOT, exporter_process, require_tool, wait_until
 from tests.fleet import served_value
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.simulator import start_simulator
+from letta_simulator import start_simulator
 from monitoring import rules
 from monitoring.files import render_rules
 from monitoring.settings import check_config, load_config, merge

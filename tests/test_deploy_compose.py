@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from exporter.config import DEFAULT_PORT
-from exporter.simulator import start_simulator
+from letta_simulator import start_simulator
 from tests.conftest import ROOT, free_port, require_tool
 
 COMPOSE_DIR = ROOT / "deploy" / "compose"

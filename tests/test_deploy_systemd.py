@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from exporter.simulator import SimulatorHTTPServer
+from letta_simulator import SimulatorHTTPServer
 from tests.artifacts import UNIT_VENV, Artifacts
 from tests.conftest import API_KEY, ROOT, free_port, require_tool, stop_process, wait_until
 

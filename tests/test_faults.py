@@ -27,8 +27,8 @@ from bench.procs import memory_of
 from exporter.client import EnvironmentsClient
 from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
-from exporter.simulator import LATEST_RELEASE, SimulatedFleet, SimulatorHTTPServer
 from exporter.store import PublishedFleet, Store
+from letta_simulator import LATEST_RELEASE, SimulatedFleet, SimulatorHTTPServer
 from tests.conftest import API_KEY, exporter_process, free_port, make_config, wait_until
 from tests.fleet import served_value
 from tests.hostile import HostileServer

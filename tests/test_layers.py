@@ -135,10 +135,15 @@ def test_importing_the_package_changes_no_prometheus_client_state() -> None:
     assert loaded.stdout == fresh.stdout  # nothing registered in the global registry either
 
 
+def test_the_simulator_is_a_package_of_its_own() -> None:
+    assert not (PACKAGE / "simulator.py").exists()
+    assert (ROOT / "letta_simulator" / "__init__.py").is_file()
+
+
 def test_the_cli_alone_starts_the_simulator_and_only_for_the_demo() -> None:
     for module in LAYER:
         for name, node, top_level in _imports(module):
-            if name.split(".")[0] == "simulator" or name == "exporter.simulator":
+            if name.split(".")[0] == "letta_simulator":
                 assert module == "cli" and not top_level, (
                     f"exporter/{module}.py:{node.lineno} imports the simulator"
                 )

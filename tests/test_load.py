@@ -25,8 +25,8 @@ from exporter.client import EnvironmentsClient
 from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
-from exporter.simulator import start_simulator
 from exporter.store import Store
+from letta_simulator import start_simulator
 from tests.conftest import API_KEY, ROOT, make_config, wait_until
 
 SCRAPERS = 32

@@ -15,7 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from exporter import __version__
-from exporter.simulator import SimulatorHTTPServer
+from letta_simulator import SimulatorHTTPServer
 from tests.artifacts import Artifacts, outside_environment, source_files
 from tests.conftest import API_KEY, ROOT
 

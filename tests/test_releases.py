@@ -24,7 +24,7 @@ from exporter.fleet import (
 from exporter.release_lookup import ReleaseLookup, parse_packument
 from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
-from exporter.simulator import LATEST_RELEASE, RELEASES, SimulatorHTTPServer
+from letta_simulator import LATEST_RELEASE, RELEASES, SimulatorHTTPServer
 from tests.conftest import make_config, render_options
 from tests.fleet import (
     FIXTURE_TIME,

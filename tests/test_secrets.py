@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.client import EnvironmentsClient
 from exporter.config import load_config
 from exporter.errors import AuthError
-from exporter.simulator import SimulatedFleet, SimulatorHTTPServer, start_simulator
+from letta_simulator import SimulatedFleet, SimulatorHTTPServer, start_simulator
 from tests.certs import Authority
 from tests.conftest import ROOT, exporter_process, free_port, wait_until
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from letta_client import Letta
 
-from exporter.models import EnvironmentListResponse
-from exporter.simulator import SimulatedFleet, SimulatorHTTPServer, start_simulator
+from letta_simulator import SimulatedFleet, SimulatorHTTPServer, start_simulator
+from letta_simulator.schema import EnvironmentListResponse
 from tests.conftest import API_KEY
 
 

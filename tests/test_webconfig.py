@@ -20,9 +20,9 @@ import pytest
 from exporter.errors import ConfigError
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
-from exporter.simulator import SimulatorHTTPServer
 from exporter.store import Store
 from exporter.webconfig import BasicAuth, WebConfig, load_web_config
+from letta_simulator import SimulatorHTTPServer
 from tests.certs import PKI, Authority, make_pki
 from tests.conftest import API_KEY, ROOT, free_port, wait_until
 

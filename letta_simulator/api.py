@@ -904,7 +904,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         server.close()
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
