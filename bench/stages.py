@@ -114,7 +114,9 @@ def measure_stages(size: int, repeats: int = 3) -> dict[str, Any]:
     gc.collect()
     tracemalloc.start()
     kept = build_snapshot(bodies, now)
-    result["snapshot_bytes_per_row"] = tracemalloc.get_traced_memory()[0] / max(1, len(kept))
+    result["snapshot_bytes_per_row"] = tracemalloc.get_traced_memory()[0] / max(
+        1, sum(1 for _ in kept.observations())
+    )
     tracemalloc.stop()
     return result
 
