@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+from prometheus_client import disable_created_metrics
 
 API_KEY = "bench-key"
 
@@ -92,8 +93,6 @@ class _Floor(ThreadingHTTPServer):
 
 
 def _exporter(args: argparse.Namespace) -> tuple[int, dict[str, Callable[[], Any]]]:
-    from prometheus_client import disable_created_metrics
-
     from exporter.client import EnvironmentsClient
     from exporter.config import load_config
     from exporter.poller import Poller
@@ -111,7 +110,6 @@ def _exporter(args: argparse.Namespace) -> tuple[int, dict[str, Callable[[], Any
         ],
         {"LETTA_API_KEY": API_KEY},
     ).config
-    disable_created_metrics()  # as the exporter's command line does
     metrics = ExporterMetrics(config.poll_interval)
     state = Store()
     client = EnvironmentsClient(config.client_settings(), observe=metrics.observe_request)
@@ -165,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain")
     parser.add_argument("--gzip")
     args = parser.parse_args(argv)
+    disable_created_metrics()  # as the exporter's command line sets its process up
     start = {"exporter": _exporter, "floor": _floor, "usual": _usual}[args.kind]
     port, commands = start(args)
     commands["rss"] = memory
