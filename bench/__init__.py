@@ -1,4 +1,4 @@
-"""The benchmark of issue 8: `python -m bench` (or `make bench`) writes docs/benchmarks.md.
+"""The exporter's benchmark: `python -m bench` (or `make bench`) writes docs/benchmarks.md.
 
 Modules: `run` (one run, size by size), `load` (scrape clients), `target` (servers under test, in
 their own processes), `procs` (the processes), `usual` (the prometheus-client design compared

@@ -1,4 +1,4 @@
-"""`python -m bench` (or `make bench`): the benchmark of issue 8, written to docs/.
+"""`python -m bench` (or `make bench`): the exporter's benchmark, written to docs/.
 
 .venv/bin/python -m bench                         # 1,000, 10,000 and 100,000; ~10 min
 .venv/bin/python -m bench --sizes 1000,10000 --repeats 2 --out /tmp/bench

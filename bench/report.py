@@ -140,7 +140,7 @@ class Verdict:
 
 
 def verdicts(result: dict[str, Any]) -> list[Verdict]:
-    """The targets of issue 8, as ratios from this run, at the size given."""
+    """The exporter's performance targets, as ratios from this run, at the size given."""
     out = []
     for gzipped in (False, True):
         for clients in (1, 8):
@@ -425,7 +425,7 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
         "",
         f"## Targets at {size_label(largest['size'])} environments",
         "",
-        "From issue 8, as ratios from this one run.",
+        "The exporter's performance targets, as ratios from this one run.",
         "",
         "| target | measured | limit | result |",
         "|---|---|---|---|",
@@ -442,7 +442,7 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
     if largest["size"] != 100_000:
         lines += [
             "",
-            "(The issue sets its targets at 100,000 environments; this run stopped short.)",
+            "(The targets are set at 100,000 environments; this run stopped short.)",
         ]
     kinds = list(dict.fromkeys(check.kind for check in missed))
     if kinds:

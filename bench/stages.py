@@ -94,7 +94,7 @@ def measure_stages(size: int, repeats: int = 3) -> dict[str, Any]:
         repeats, lambda: [EnvironmentListResponse.model_validate_json(b) for b in bodies]
     )
     result["parse_snapshot"] = _timed(repeats, lambda: build_snapshot(bodies, now))
-    # The trap of the issue: full collections while the previous snapshot is alive.
+    # The trap this design avoids: full collections while the previous snapshot is alive.
     previous = build_snapshot(bodies, now)
     result["parse_snapshot_gc_on"] = _timed(
         repeats, lambda: build_snapshot(bodies, now), quiet=False

