@@ -34,6 +34,9 @@ from exporter.units import MiB, format_duration, format_size, parse_duration, pa
 
 DEFAULT_PORT = 8377
 DEFAULT_POLL_JITTER = 5.0  # and at most a tenth of the interval
+# Without --letta.max-data-age, the fleet is withdrawn after this many intervals, or this long.
+DATA_AGE_INTERVALS = 10
+MIN_DATA_AGE = 600.0
 EXTRA_LABELS = ("working_directory", "git_branch")
 SOURCES = ("local", "remote")
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -311,7 +314,12 @@ class Config(BaseSettings):
     )
     max_data_age: Annotated[
         Duration | None,
-        Option("letta.max-data-age", **DURATION, default_text="the longer of 10 intervals and 10m"),
+        Option(
+            "letta.max-data-age",
+            **DURATION,
+            default_text=f"the longer of {DATA_AGE_INTERVALS} intervals and "
+            f"{format_duration(MIN_DATA_AGE)}",
+        ),
     ] = Field(None, description="withdraw fleet metrics after this long without a successful poll")
     collector_environment: Annotated[Flag, Option("collector.environment", show=_on)] = Field(
         True, description="serve per-environment series"
@@ -419,7 +427,7 @@ class Config(BaseSettings):
         """How long the last good fleet is served without a successful poll."""
         if self.max_data_age is not None:
             return self.max_data_age
-        return max(10 * self.poll_interval, 600.0)
+        return max(DATA_AGE_INTERVALS * self.poll_interval, MIN_DATA_AGE)
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(

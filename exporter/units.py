@@ -80,9 +80,11 @@ def format_size(size: int) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """`500ms`, `10s`, `120s` or `1h`: the form the flags take."""
+    """`500ms`, `10s`, `120s`, `10m` or `1h`: the form the flags take (minutes from 5m on)."""
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
     if seconds % 3600 == 0:
         return f"{seconds / 3600:g}h"
+    if seconds >= 300 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
     return f"{seconds:g}s"

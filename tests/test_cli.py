@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from exporter.config import load_config
 from exporter.errors import ConfigError
-from exporter.units import parse_duration, parse_size
+from exporter.units import format_duration, parse_duration, parse_size
 from letta_simulator import LATEST_RELEASE, SimulatorHTTPServer
 from tests.conftest import API_KEY, ROOT, exporter_process, require_tool, wait_until
 from tests.fleet import served_value
@@ -84,6 +84,15 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     ],
 )
 def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.5, "500ms"), (10, "10s"), (120, "120s"), (600, "10m"), (3600, "1h"), (86400, "24h")],
+)
+def test_help_shows_defaults_as_flags_take_them(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
     assert parse_duration(text) == seconds
 
 
