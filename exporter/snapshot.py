@@ -1,4 +1,4 @@
-"""The immutable result of one complete poll, swapped in whole.
+"""The snapshot: the lean, immutable rows of one complete poll, as the fleet's rules read them.
 
 It keeps only what the metrics read (`Environment`), not the parsed models: at 100,000
 environments that is ~0.5 KB a row instead of ~3 KB, and the page's models are freed as soon as
