@@ -79,7 +79,7 @@ class ClientSettings:
 
 @dataclass(frozen=True, slots=True)
 class FetchedPage:
-    """A parsed page and the wall-clock time its body arrived."""
+    """A page's valid rows and the wall-clock time its body arrived."""
 
     rows: ValidRows
     received_at: float
