@@ -159,6 +159,14 @@ class ReleaseLookup:
         request = self._http.build_request("GET", self._url, extensions=trace)
         try:
             for _ in range(MAX_REDIRECTS + 1):
+                # Each request, redirects included, gets only what is left of the deadline.
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    return "timeout", "DeadlinePassedError"
+                request.extensions = {
+                    **request.extensions,
+                    "timeout": httpx.Timeout(remaining).as_dict(),
+                }
                 response = self._http.send(request, stream=True)
                 try:
                     if response.next_request is not None:

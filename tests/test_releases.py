@@ -76,7 +76,8 @@ class _RegistryHandler(BaseHTTPRequestHandler):
         if self.server.redirect_body is not None and self.path != "/moved":
             self.send_response(302)
             self.send_header("Location", "/moved")
-            self.send_header("Content-Length", str(len(self.server.redirect_body)))
+            # It announces far more than it sends: a client that reads the body waits for it.
+            self.send_header("Content-Length", str(1 << 30))
             self.end_headers()
             self.wfile.write(self.server.redirect_body)
             return
@@ -163,7 +164,8 @@ def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(
 
 
 def test_a_redirect_is_followed_without_reading_its_body(registry: FakeRegistry) -> None:
-    registry.redirect_body = b"x" * (1 << 20)  # never read: only a small error page would be
+    # Never read: a gigabyte announced, a megabyte sent; reading it would wait out the timeout.
+    registry.redirect_body = b"x" * (1 << 20)
     metrics = ExporterMetrics(60, process=False)
     lookup = _lookup(registry, metrics)
     try:
