@@ -206,33 +206,41 @@ def machine_family(views: list[EnvironmentView]) -> str:
     )
 
 
+def histogram_samples(
+    values: list[float], bounds: tuple[float, ...]
+) -> list[tuple[str, str, float]]:
+    """The `_bucket`, `_sum` and `_count` samples of a histogram over ``values``."""
+    ordered = sorted(values)
+    samples: list[tuple[str, str, float]] = []
+    index = 0
+    for bound in bounds:
+        while index < len(ordered) and ordered[index] <= bound:
+            index += 1
+        samples.append(("_bucket", labels((("le", repr(float(bound))),)), index))
+    samples.append(("_bucket", labels((("le", "+Inf"),)), len(ordered)))
+    samples.append(("_sum", "", sum(ordered)))
+    samples.append(("_count", "", len(ordered)))
+    return samples
+
+
 def memory_family(views: list[EnvironmentView]) -> str:
     """# HELP letta_environments_memory_bytes Memory of the machines of connected environments...
     # TYPE letta_environments_memory_bytes histogram
     """
-    sizes = sorted(
+    sizes = [
         size
         for v in views
         if v.connected
         and v.environment.machine is not None
         and (size := v.environment.machine.memory_bytes) is not None
-        and math.isfinite(size)
-    )
-    samples: list[tuple[str, str, float]] = []
-    index = 0
-    for bound in MEMORY_BUCKETS:
-        while index < len(sizes) and sizes[index] <= bound:
-            index += 1
-        samples.append(("_bucket", labels((("le", repr(bound)),)), index))
-    samples.append(("_bucket", labels((("le", "+Inf"),)), len(sizes)))
-    samples.append(("_sum", "", sum(sizes)))
-    samples.append(("_count", "", len(sizes)))
+        and 0 < size < math.inf
+    ]
     return family(
         "letta_environments_memory_bytes",
         "histogram",
         "Memory of the machines of connected environments that report it (metadata.machine."
         f"memoryBytes: the container's limit where that is lower). {CACHED}",
-        samples,
+        histogram_samples(sizes, MEMORY_BUCKETS),
     )
 
 
@@ -316,22 +324,13 @@ def heartbeat_age_family(views: list[EnvironmentView], bounds: tuple[float, ...]
     """# HELP letta_environments_heartbeat_age_seconds Heartbeat age of connected environments. ...
     # TYPE letta_environments_heartbeat_age_seconds histogram
     """
-    ages = sorted(age for v in views if v.connected and (age := v.heartbeat_age) is not None)
-    samples: list[tuple[str, str, float]] = []
-    index = 0
-    for bound in bounds:
-        while index < len(ages) and ages[index] <= bound:
-            index += 1
-        samples.append(("_bucket", labels((("le", repr(float(bound))),)), index))
-    samples.append(("_bucket", labels((("le", "+Inf"),)), len(ages)))
-    samples.append(("_sum", "", sum(ages)))
-    samples.append(("_count", "", len(ages)))
+    ages = [age for v in views if v.connected and (age := v.heartbeat_age) is not None]
     return family(
         "letta_environments_heartbeat_age_seconds",
         "histogram",
         "Age of the last heartbeat of connected environments that reported one, at the time "
         f"their page was fetched. {CACHED}",
-        samples,
+        histogram_samples(ages, bounds),
     )
 
 

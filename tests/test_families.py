@@ -344,3 +344,15 @@ def test_runtime_from_device_and_machine(
     snap = snapshot_from(json.dumps({"connections": [row], "hasNextPage": False}).encode())
     (v,) = view(snap, 120)
     assert v.host.runtime == runtime
+
+
+def test_memory_that_is_not_a_positive_size_is_left_out() -> None:
+    rows = [
+        upstream_row(
+            f"e{i}", connectionId="c", lastHeartbeat=T_MS, metadata={"machine": {"memoryBytes": m}}
+        )
+        for i, m in enumerate((-5, 0, 8 * 2**30))
+    ]
+    snap = snapshot_from(json.dumps({"connections": rows, "hasNextPage": False}).encode())
+    s = samples_by_name(render_fleet(snap, render_options()).text)
+    assert s["letta_environments_memory_bytes_count"] == [({}, 1.0)]
