@@ -412,12 +412,10 @@ class SimulatedFleet:
         if spec.never_connected:
             return [self._row(spec, spec.id, ("offline", None, None), now)]
         hb = self.heartbeat_interval
-        if spec.id in self.silenced:  # a stuck lease: held, no heartbeats
-            return [
-                self._row(
-                    spec, spec.id, ("stale", self._epoch - spec.phase, self.silenced[spec.id]), now
-                )
-            ]
+        # Read once: another thread may lift the silence between a check and a lookup.
+        silenced_at = self.silenced.get(spec.id)
+        if silenced_at is not None:  # a stuck lease: held, no heartbeats
+            return [self._row(spec, spec.id, ("stale", self._epoch - spec.phase, silenced_at), now)]
         if not self.churn:
             beat = now - ((now + spec.phase) % hb)
             return [self._row(spec, spec.id, ("online", self._epoch - spec.phase, beat), now)]
@@ -488,8 +486,9 @@ class SimulatedFleet:
             state: _RowState
             if run.stopped is None:
                 beat = max(run.started, now - ((now - run.started) % hb))
-                if spec.id in self.silenced:
-                    state = ("stale", run.started, self.silenced[spec.id])
+                silenced_at = self.silenced.get(spec.id)
+                if silenced_at is not None:
+                    state = ("stale", run.started, silenced_at)
                 else:
                     state = ("online", run.started, beat)
             elif newest and now < run.stopped + self._lease_timeout:
@@ -552,7 +551,9 @@ class SimulatedFleet:
             **counts,
             "silenced": sorted(self.silenced),
             "stopped": sorted(
-                spec_id for spec_id, runs in self.stopped.items() if runs[-1].stopped is not None
+                spec_id
+                for spec_id, runs in list(self.stopped.items())
+                if runs[-1].stopped is not None
             ),
             "hidden": sorted(self.hidden),
         }
