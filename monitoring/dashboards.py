@@ -143,6 +143,20 @@ def stat_panel(
     )
 
 
+def up_panel(title: str, description: str, expr: str) -> stat.Panel:
+    """A red/green stat per instance of a 0/1 series."""
+    return stat_panel(
+        title,
+        description,
+        "none",
+        query(expr, "{{instance}}"),
+        width=4,
+        background=True,
+        sparkline=False,
+        colours=steps((None, "red"), (1, "green")),
+    ).mappings(UP_MAP)
+
+
 def graph(
     title: str,
     description: str,
@@ -939,26 +953,16 @@ def exporter_health(bundle: Bundle) -> Any:
             sparkline=False,
             colours=steps((None, "green"), (1, "orange")),
         ).links(runbooks(bundle, "LettaExporterReplicaDown")),
-        stat_panel(
+        up_panel(
             "Exporter up",
             "Whether each exporter's last poll of the Letta API succeeded (`letta_exporter_up`).",
-            "none",
-            query(s.select("letta_exporter_up"), "{{instance}}"),
-            width=4,
-            background=True,
-            sparkline=False,
-            colours=steps((None, "red"), (1, "green")),
-        ).mappings(UP_MAP),
-        stat_panel(
+            s.select("letta_exporter_up"),
+        ),
+        up_panel(
             "Scraped by Prometheus",
             "Whether Prometheus reached each exporter at its last scrape (`up`).",
-            "none",
-            query(s.select("up"), "{{instance}}"),
-            width=4,
-            background=True,
-            sparkline=False,
-            colours=steps((None, "red"), (1, "green")),
-        ).mappings(UP_MAP),
+            s.select("up"),
+        ),
         stat_panel(
             "Last success age / poll interval",
             "Time since the last successful poll, in poll intervals: about 1 when healthy; "
