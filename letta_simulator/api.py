@@ -713,6 +713,11 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer is no error of the server's; anything else is."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class SimulatorHandler(BaseHTTPRequestHandler):
     server: SimulatorHTTPServer
