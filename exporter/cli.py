@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -205,7 +206,10 @@ def _run_forever(config: Config) -> int:
     signal.signal(signal.SIGINT, _on_stop_signal)
     try:
         while True:
-            signal.pause()
+            # Not signal.pause(): a signal the kernel hands to another thread (the process'
+            # SIGTERM may land on any) would leave it asleep; the handler runs in this thread
+            # within a second instead.
+            time.sleep(1.0)
     except _StopRequested:
         pass
     log.info("shutting down")

@@ -405,3 +405,27 @@ def test_sigterm_during_a_poll_abandons_it_without_an_error() -> None:
         upstream.released.set()
         upstream.shutdown()
         upstream.server_close()
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """Send a signal to one thread of another process (Linux `tgkill`)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = {"x86_64": 234, "aarch64": 131}[os.uname().machine]
+    if libc.syscall(sys_tgkill, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+def test_a_sigterm_that_lands_on_another_thread_still_stops_the_exporter(
+    simulator: SimulatorHTTPServer,
+) -> None:
+    """The kernel may hand a process' SIGTERM to any of its threads (it did under strace)."""
+    with exporter_process(f"--letta.base-url={simulator.url}") as running:
+        pid = running.process.pid
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        assert threads, "the exporter runs its server and scheduler in threads"
+        _tgkill(pid, threads[-1], signal.SIGTERM)
+        wait_until(lambda: running.process.poll() is not None, 15, "the exporter to exit")
+        assert running.process.returncode == 0
+        assert "shutting down" in running.log()
