@@ -1,7 +1,8 @@
 """`python -m bench` (or `make bench`): the exporter's benchmark, written to docs/.
 
-.venv/bin/python -m bench                         # 1,000, 10,000 and 100,000; ~10 min
+.venv/bin/python -m bench                         # 1,000, 10,000 and 100,000; ~25 min
 .venv/bin/python -m bench --sizes 1000,10000 --repeats 2 --out /tmp/bench
+.venv/bin/python -m bench --page-sizes 100        # only the exporter's default page size
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench.report import Machine, write_report
-from bench.run import Runner, Settings, as_dict
+from bench.run import DEFAULT_PAGE_SIZE, FURTHER_PAGE_SIZE, Runner, Settings, as_dict
 from bench.stages import measure_stages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"not a list of sizes: {text!r}") from None
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError("sizes must be positive")
-    return sizes
+    return tuple(dict.fromkeys(sizes))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sizes", type=_sizes, default=(1_000, 10_000, 100_000), help="fleet sizes (1000,10000)"
+    )
+    parser.add_argument(
+        "--page-sizes",
+        type=_sizes,
+        default=(DEFAULT_PAGE_SIZE, FURTHER_PAGE_SIZE),
+        help="rows per page; the first (the exporter's default) gets every measurement, the "
+        "others those a page size changes "
+        f"({DEFAULT_PAGE_SIZE},{FURTHER_PAGE_SIZE})",
     )
     parser.add_argument(
         "--repeats", type=int, default=3, help="polls per case; scrapes scale with it (3)"
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings(
         sizes=args.sizes,
+        page_sizes=args.page_sizes,
         repeats=args.repeats,
         budget=args.budget,
         usual=not args.no_usual,
@@ -80,13 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_stages:
         if settings.log:
             print(f"[bench] stages in-process at {max(settings.sizes)} environments", flush=True)
-        stages = measure_stages(max(settings.sizes), repeats=args.repeats)
+        stages = measure_stages(
+            max(settings.sizes), repeats=args.repeats, page_sizes=settings.page_sizes
+        )
     machine.finish(time.time() - started)
     args.out.mkdir(parents=True, exist_ok=True)
     raw = {
         "machine": machine.as_dict(),
         "settings": {
             "sizes": list(args.sizes),
+            "page_sizes": list(settings.page_sizes),
             "repeats": args.repeats,
             "budget": args.budget,
             "usual": settings.usual,

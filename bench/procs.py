@@ -55,7 +55,7 @@ def reset_peak(pid: int) -> bool:
 class Simulator:
     """`letta-environments-simulator` in its own process, with a fixed (no churn) fleet."""
 
-    def __init__(self, fleet_size: int, page_size: int = 1000) -> None:
+    def __init__(self, fleet_size: int, page_size: int) -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -146,9 +146,7 @@ class Target:
 class ExporterCLI:
     """The real `letta-environments-exporter` (`python -m exporter`) against the simulator."""
 
-    def __init__(
-        self, base_url: str, poll_interval: str, page_size: int = 1000, *flags: str
-    ) -> None:
+    def __init__(self, base_url: str, poll_interval: str, page_size: int, *flags: str) -> None:
         self.port = free_port()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.process = subprocess.Popen(

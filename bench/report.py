@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.run import percentile
+from bench.run import DEFAULT_PAGE_SIZE, percentile
+from exporter.models import ROW_BATCH
+from exporter.poller import POLL_SWITCH_INTERVAL
+from exporter.store import GZIP_LEVEL
 
 HERE = Path(__file__).resolve().parent
 LIBRARIES = ("prometheus-client", "pydantic", "pydantic-core", "httpx", "matplotlib")
@@ -118,6 +121,35 @@ def size_label(size: int) -> str:
 
 
 # --- results ------------------------------------------------------------------------------
+def page_sizes(raw: dict[str, Any]) -> list[int]:
+    """The run's page sizes, the first (every measurement) first."""
+    sizes: list[int] = raw["settings"].get("page_sizes") or [DEFAULT_PAGE_SIZE]
+    return sizes
+
+
+def main_page_size(raw: dict[str, Any]) -> int:
+    return page_sizes(raw)[0]
+
+
+def main_results(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """One result per fleet size, at the first page size: the one with every measurement."""
+    first = main_page_size(raw)
+    return [r for r in raw["sizes"] if r.get("page_size", first) == first]
+
+
+def by_size_and_page(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every result, by fleet size, then in the run's order of page sizes."""
+    order = {size: index for index, size in enumerate(page_sizes(raw))}
+    first = main_page_size(raw)
+    return sorted(
+        raw["sizes"], key=lambda r: (r["size"], order.get(r.get("page_size", first), len(order)))
+    )
+
+
+def pages_label(sizes: list[int]) -> str:
+    return " and ".join(f"{size:,}" for size in sizes)
+
+
 def cell(result: dict[str, Any], server: str, gzipped: bool, clients: int) -> list[float]:
     for entry in result["cells"]:
         if (entry["server"], entry["gzipped"], entry["clients"]) == (server, gzipped, clients):
@@ -215,35 +247,88 @@ def verdicts(result: dict[str, Any]) -> list[Verdict]:
     return out
 
 
-# Why a target is missed, by kind; printed only for the targets this run missed.
-WHY = {
-    "floor": "A scrape sends the bytes of the last poll as they are (no copy, one `sendall`) "
-    "plus the exporter's own small registry, rendered per scrape by prometheus-client (~0.3 ms "
-    "of Python, ProcessCollector reads included), so its p50 sits near the floor's. Its p99 "
-    "is one run's slowest few scrapes on a shared 2-core machine and moves by 20-50% between "
-    "runs (see the range column); with 8 clients the scrapes also queue for the GIL.",
-    "usual": "This ratio is the usual design's p99 over the exporter's: it misses where the "
-    "exporter's own p99 strays far from its floor (see the first point), not because the usual "
-    "design is quick; it needs seconds per scrape at 100,000 environments.",
-    "poll": "A poll spends CPU the bare loop does not: decoding and validating every row "
-    "(~1.2 s per 100,000), building the snapshot (~0.3 s), rendering (~0.8 s) and gzip "
-    "(~0.35 s). Pages are validated while the next one is fetched, so at 50 ms a page most of "
-    "this hides behind the upstream; at 0 ms the simulator builds pages on the same two cores.",
-    "during-gzip": "A gzip scrape at 100,000 environments takes ~5 ms when idle, so a 2x "
-    "target leaves 5-10 ms of slack. During a poll the scrape thread waits for the GIL each "
-    "time it needs it: a poll decodes each 1,000-row page in one call that holds the GIL "
-    "~4 ms, and at 0 ms a page the simulator takes one of the two cores. The exporter hands "
-    "the GIL over within 0.2 ms while it polls and frees large structures a batch at a time "
-    "(see below), which took this from ~9x to ~2-4x; closing the rest needs smaller pages "
-    "(the wait scales with `--letta.page-size`) or decoding in another process.",
-    "during-plain": "See the gzip case: the same waits for the GIL, on a larger scrape.",
-    "memory-burst": "The peak over polls is under the target; the rest comes from scrapes in "
-    "flight while a poll builds the next exposition: each holds the exporter's own small "
-    "registry and its socket buffers, and the previous exposition stays alive until the swap.",
-    "memory": "During a poll the previous exposition (plain and gzip, ~80 MB at 100,000) is "
-    "still served while the new snapshot (~53 MB), its views and the new exposition are "
-    "built; freed memory stays with the process (pymalloc arenas) between polls.",
-}
+# Why a target is missed, by kind; printed only for the targets this run missed. Every figure
+# in these texts is read from the run (or from the code), never written in.
+def why(kind: str, raw: dict[str, Any], result: dict[str, Any]) -> str:
+    stages = raw.get("stages") or {}
+    size = size_label(result["size"])
+    page = result.get("page_size", main_page_size(raw))
+    if kind == "floor":
+        own = stages.get("own_registry")
+        cost = (
+            f" ({ms(med(own))} ms in-process here, ProcessCollector reads included)" if own else ""
+        )
+        return (
+            "A scrape sends the bytes of the last poll as they are (no copy, one `sendall`) plus "
+            f"the exporter's own small registry, rendered per scrape by prometheus-client{cost}, "
+            "so its p50 sits near the floor's. Its p99 is one run's slowest few scrapes on a "
+            "shared machine and moves between runs more than the p50 does (compare the range "
+            "column); with 8 clients the scrapes also queue for the GIL."
+        )
+    if kind == "usual":
+        slowest = max(
+            (percentile(cell(result, "usual", gzipped, 1), 99) for gzipped in (False, True)),
+            default=float("nan"),
+        )
+        return (
+            "This ratio is the usual design's p99 over the exporter's: it misses where the "
+            "exporter's own p99 strays far from its floor (see the first point), not because the "
+            f"usual design is quick; one of its scrapes takes up to {ms(slowest)} ms at {size} "
+            "environments."
+        )
+    if kind == "poll":
+        spent = ""
+        if stages:
+            snapshot = med(stages["parse_snapshot"]) - med(stages["parse"])
+            gzip = stages["gzip"].get(str(GZIP_LEVEL), {}).get("seconds", [])
+            spent = (
+                f" (in-process at {size_label(stages['size'])}: {secs(med(stages['parse']))} s "
+                f"to decode and validate, {secs(max(snapshot, 0.0))} s more for the snapshot, "
+                f"{secs(med(stages['render']))} s to render, {secs(med(gzip))} s of gzip)"
+            )
+        return (
+            "A poll spends CPU the bare loop does not: decoding and validating every row, "
+            f"building the snapshot, rendering and gzip{spent}. Pages are validated while the "
+            "next one is fetched, so when the upstream is slow most of this hides behind it; at "
+            "0 ms a page the simulator builds pages on the same cores."
+        )
+    if kind == "during-gzip":
+        compared = " (see the page sizes compared below)" if len(page_sizes(raw)) > 1 else ""
+        idle = percentile(result["idle"].get("gzip@0", []), 50)
+        decode = stages.get("page_decode", {}).get(str(page))
+        longest = (
+            f" (the longest decode of a {page:,}-row page took {ms(max(decode))} ms here)"
+            if decode
+            else ""
+        )
+        return (
+            f"A gzip scrape at {size} environments takes {ms(idle)} ms (p50) when idle, so a 2x "
+            "target leaves only milliseconds of slack. During a poll the scrape thread waits "
+            "for the GIL each time it needs it: a poll decodes each page in one call that holds "
+            f"the GIL{longest}, and at 0 ms a page the simulator takes one of the cores. The "
+            f"exporter hands the GIL over within {POLL_SWITCH_INTERVAL * 1000:g} ms while it "
+            "polls and frees large structures a batch at a time; smaller pages shorten the "
+            f"longest wait{compared}, decoding in another process would remove it."
+        )
+    if kind == "during-plain":
+        return "See the gzip case: the same waits for the GIL, on a larger scrape."
+    if kind == "memory-burst":
+        return (
+            "The peak over polls is under the target; the rest comes from scrapes in flight "
+            "while a poll builds the next exposition: each holds the exporter's own small "
+            "registry and its socket buffers, and the previous exposition stays alive until "
+            "the swap."
+        )
+    if kind == "memory":
+        served = mb(result["exposition_bytes"] + result["gzip_bytes"])
+        row = stages.get("snapshot_bytes_per_row")
+        lean = f" (~{mb(row * result['size'])})" if row else ""
+        return (
+            f"During a poll the previous exposition (plain and gzip, {served} at {size}) is "
+            f"still served while the new snapshot{lean}, its views and the new exposition "
+            "are built; freed memory stays with the process (pymalloc arenas) between polls."
+        )
+    return ""
 
 
 def scrape_table(results: list[dict[str, Any]]) -> list[str]:
@@ -298,16 +383,17 @@ def _during_order(key: str) -> tuple[float, str]:
 
 def during_table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| environments | ms/page | encoding | idle p50 / p99 ms | during a poll p50 / p99 ms "
-        "| p99 ratio | n |",
-        "|---:|---:|---|---:|---:|---:|---:|",
+        "| environments | rows/page | ms/page | encoding | idle p50 / p99 ms "
+        "| during a poll p50 / p99 ms | p99 ratio | n |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for result in results:
         for key in sorted(result["during_poll"], key=_during_order):
             idle, during = result["idle"].get(key, []), result["during_poll"][key]
             encoding, _, millis = key.partition("@")
             lines.append(
-                f"| {size_label(result['size'])} | {millis} | {encoding} "
+                f"| {size_label(result['size'])} | {size_label(result['page_size'])} "
+                f"| {millis} | {encoding} "
                 f"| {ms(percentile(idle, 50))} / {ms(percentile(idle, 99))} "
                 f"| {ms(percentile(during, 50))} / {ms(percentile(during, 99))} "
                 f"| {ratio(percentile(during, 99) / percentile(idle, 99))} | {len(during)} |"
@@ -317,14 +403,14 @@ def during_table(results: list[dict[str, Any]]) -> list[str]:
 
 def poll_table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| environments | ms/page | exporter wall s | exporter CPU s | bare wall s "
+        "| environments | rows/page | ms/page | exporter wall s | exporter CPU s | bare wall s "
         "| bare CPU s | wall ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         for millis, polls in sorted(result["polls"].items(), key=lambda item: float(item[0])):
             lines.append(
-                f"| {size_label(result['size'])} | {millis} "
+                f"| {size_label(result['size'])} | {size_label(result['page_size'])} | {millis} "
                 f"| {spread(polls['exporter_wall'])} | {spread(polls['exporter_cpu'])} "
                 f"| {spread(polls['bare_wall'])} | {spread(polls['bare_cpu'])} "
                 f"| {ratio(med(polls['exporter_wall']) / med(polls['bare_wall']))} |"
@@ -332,12 +418,19 @@ def poll_table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def exposition(result: dict[str, Any]) -> str:
+    """Its sizes, plain and gzip; measured with the first page size (the same bytes at any)."""
+    if not result["exposition_bytes"]:
+        return "as above"
+    return f"{mb(result['exposition_bytes'])} / {mb(result['gzip_bytes'])}"
+
+
 def memory_table(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| environments | exposition plain / gzip | RSS after the first poll "
+        "| environments | rows/page | exposition plain / gzip | RSS after the first poll "
         "| peak RSS over the polls (2 scrapers) | peak RSS, 8 concurrent scrapes (plain / gzip) "
         "| peak RSS over the polls, `--no-collector.environment` | usual design, peak RSS |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         memory = result["memory"]
@@ -345,12 +438,12 @@ def memory_table(results: list[dict[str, Any]]) -> list[str]:
             continue
         usual = memory.get("usual_rss")
         lines.append(
-            f"| {size_label(result['size'])} "
-            f"| {mb(result['exposition_bytes'])} / {mb(result['gzip_bytes'])} "
+            f"| {size_label(result['size'])} | {size_label(result['page_size'])} "
+            f"| {exposition(result)} "
             f"| {mib(memory['after_first_poll'])} | {mib(memory['peak_polls'])} "
             f"| {mib(memory['peak_burst_plain'])} / {mib(memory['peak_burst_gzip'])} "
             f"| {mib(memory['peak_polls_no_environment'])} "
-            f"| {mib(usual) if usual else 'n/a'} |"
+            f"| {mib(usual) if usual else 'n/a' if result.get('full', True) else '-'} |"
         )
     return lines
 
@@ -358,14 +451,18 @@ def memory_table(results: list[dict[str, Any]]) -> list[str]:
 def stage_tables(stages: dict[str, Any]) -> list[str]:
     rows = [
         ("json.loads of every page (no validation), for scale", "json_loads"),
-        ("parse every page (`parse_page`: decode, then validate 100 rows a call)", "parse"),
+        (
+            f"parse every page (`parse_page`: decode, then validate {ROW_BATCH} rows a call)",
+            "parse",
+        ),
         ("validate every page from its bytes in one call, for comparison", "parse_one_call"),
         ("parse + lean snapshot, collector quiet (as a poll runs)", "parse_snapshot"),
         ("parse + lean snapshot, collector on, previous snapshot alive", "parse_snapshot_gc_on"),
         ("render the fleet families (`render_fleet`)", "render"),
     ]
     lines = [
-        f"At {size_label(stages['size'])} environments ({stages['pages']} pages, "
+        f"At {size_label(stages['size'])} environments ({stages['pages']:,} pages of "
+        f"{size_label(stages.get('page_size', DEFAULT_PAGE_SIZE))} rows, "
         f"{mb(stages['body_bytes'])} of JSON; exposition {mb(stages['exposition_bytes'])}; "
         f"lean snapshot {stages['snapshot_bytes_per_row']:.0f} bytes per environment):",
         "",
@@ -373,6 +470,25 @@ def stage_tables(stages: dict[str, Any]) -> list[str]:
         "|---|---:|",
     ]
     lines += [f"| {label} | {spread(stages[key])} |" for label, key in rows]
+    if stages.get("own_registry"):
+        lines.append(
+            "| render the exporter's own registry (as each scrape does), milliseconds "
+            f"| {spread(stages['own_registry'], ms)} |"
+        )
+    if stages.get("page_decode"):
+        lines += [
+            "",
+            "Each page is decoded in one call that holds the GIL; the longest such call is the "
+            "longest a scrape waits on the poll's decoding:",
+            "",
+            "| rows/page | pages | decode of one page, median ms | longest ms |",
+            "|---:|---:|---:|---:|",
+        ]
+        for page, times in stages["page_decode"].items():
+            lines.append(
+                f"| {size_label(int(page))} | {len(times):,} | {ms(med(times))} "
+                f"| {ms(max(times))} |"
+            )
     lines += [
         "",
         "| gzip level | seconds, median [range] | size | vs level 1 |",
@@ -381,7 +497,45 @@ def stage_tables(stages: dict[str, Any]) -> list[str]:
     base = stages["gzip"]["1"]["bytes"] if "1" in stages["gzip"] else None
     for level, entry in sorted(stages["gzip"].items(), key=lambda item: int(item[0])):
         versus = f"{entry['bytes'] / base - 1:+.1%}" if base else ""
-        lines.append(f"| {level} | {spread(entry['seconds'])} | {mb(entry['bytes'])} | {versus} |")
+        name = f"{level} (the exporter's)" if int(level) == GZIP_LEVEL else level
+        lines.append(f"| {name} | {spread(entry['seconds'])} | {mb(entry['bytes'])} | {versus} |")
+    return lines
+
+
+def page_size_table(raw: dict[str, Any]) -> list[str]:
+    """At the largest fleet, what each page size measured, side by side."""
+    largest = max(r["size"] for r in raw["sizes"])
+    results = [r for r in by_size_and_page(raw) if r["size"] == largest]
+    decodes = (raw.get("stages") or {}).get("page_decode", {})
+    lines = [
+        "| rows/page | requests a poll | poll wall s, 0 / 50 ms a page | poll CPU s, 0 ms "
+        "| vs bare paging, 0 / 50 ms | longest page decode ms "
+        "| scrape p99 during a poll vs idle, gzip / plain, 0 ms | peak RSS over the polls |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        polls = result["polls"]
+
+        def wall(millis: str, kind: str = "exporter", polls: dict[str, Any] = polls) -> float:
+            return med(polls.get(millis, {}).get(f"{kind}_wall", []))
+
+        def during(encoding: str, result: dict[str, Any] = result) -> str:
+            key = f"{encoding}@0"
+            busy = percentile(result["during_poll"].get(key, []), 99)
+            return ratio(busy / percentile(result["idle"].get(key, []), 99))
+
+        decode = decodes.get(str(result["page_size"]))
+        peak = result["memory"].get("peak_polls")
+        lines.append(
+            f"| {size_label(result['page_size'])} "
+            f"| {-(-result['size'] // result['page_size']):,} "
+            f"| {secs(wall('0'))} / {secs(wall('50'))} "
+            f"| {secs(med(polls.get('0', {}).get('exporter_cpu', [])))} "
+            f"| {ratio(wall('0') / wall('0', 'bare'))} / {ratio(wall('50') / wall('50', 'bare'))} "
+            f"| {ms(max(decode)) if decode else 'n/a'} "
+            f"| {during('gzip')} / {during('plain')} "
+            f"| {mib(peak) if peak else 'n/a'} |"
+        )
     return lines
 
 
@@ -392,7 +546,10 @@ def _static(name: str) -> list[str]:
 
 def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
     machine = raw["machine"]
-    results = raw["sizes"]
+    results = main_results(raw)
+    every = by_size_and_page(raw)
+    pages = page_sizes(raw)
+    first = main_page_size(raw)
     largest = max(results, key=lambda result: result["size"])
     checks = verdicts(largest)
     missed = [check for check in checks if check.passed is False]
@@ -404,10 +561,18 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
         "# Benchmarks",
         "",
         "Written by `make bench` (`.venv/bin/python -m bench`; `--help` for its options) "
-        "from one run; do not edit by hand. The simulator (`--no-churn`, pages of 1,000), the "
-        "servers under test and the real exporter run as separate processes on loopback; "
-        "the scrape clients send `Accept: text/plain;version=0.0.4` and time each response "
-        "to its last byte. What the numbers mean, and what we changed, is at the end.",
+        "from one run; do not edit by hand. The simulator (`--no-churn`), the servers under "
+        "test and the real exporter run as separate processes on loopback; the scrape clients "
+        "send `Accept: text/plain;version=0.0.4` and time each response to its last byte. "
+        f"Every figure is measured at the exporter's default page size, {first:,} rows "
+        "(`--letta.page-size`), which is what users get"
+        + (
+            f"; polls, scrapes during a poll and memory also at pages of {pages_label(pages[1:])}, "
+            "side by side"
+            if len(pages) > 1
+            else ""
+        )
+        + ". What the numbers mean, and what we changed, is at the end.",
         "",
         "## Machine",
         "",
@@ -425,7 +590,7 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
         "",
         f"## Targets at {size_label(largest['size'])} environments",
         "",
-        "The exporter's performance targets, as ratios from this one run.",
+        f"The exporter's performance targets, as ratios from this one run, at pages of {first:,}.",
         "",
         "| target | measured | limit | result |",
         "|---|---|---|---|",
@@ -447,7 +612,7 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
     kinds = list(dict.fromkeys(check.kind for check in missed))
     if kinds:
         lines += ["", "Why:", ""]
-        lines += [f"- {WHY[kind]}" for kind in kinds if kind in WHY]
+        lines += [f"- {text}" for text in (why(kind, raw, largest) for kind in kinds) if text]
     lines += [
         "",
         f"![scrape latency, poll time and memory by fleet size](img/{plot_name})",
@@ -471,7 +636,7 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
         "while it is idle. At 0 ms per page the poll is as busy as it gets and the simulator "
         "builds pages on the same two cores; at 50 ms the upstream is elsewhere, as in life.",
         "",
-        *during_table(results),
+        *during_table(every),
         "",
         "## Poll time",
         "",
@@ -480,12 +645,12 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
         "both in the same process, one after the other, median [range] of "
         f"{raw['settings']['repeats']}. The simulator's own time to build each page is in both.",
         "",
-        *poll_table(results),
+        *poll_table(every),
         "",
         "## Memory",
         "",
         "Resident memory of the real exporter (`python -m exporter`, a separate process, "
-        "pages of 1,000, per-environment series on), read from `/proc/PID/status` (`VmRSS`, "
+        "per-environment series on), read from `/proc/PID/status` (`VmRSS`, "
         f"`VmHWM`): after its first poll; the peak over {raw['settings'].get('memory_polls', 4)} "
         "polls spaced 1.5x the poll time while "
         "two scrapers (a Prometheus HA pair) scrape with gzip every second; and the peak while 8 "
@@ -493,8 +658,20 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
         "For Kubernetes, request at least the peak over polls and set the limit above the "
         "8-scrape peak.",
         "",
-        *memory_table(results),
+        *memory_table(every),
     ]
+    if len(pages) > 1:
+        lines += [
+            "",
+            f"## Page size at {size_label(largest['size'])} environments",
+            "",
+            "The same fleet paged at each page size of the run, from the tables above. Smaller "
+            "pages mean more requests, so a poll waits longer on a slow upstream; larger pages "
+            "hold the GIL longer per decode, which scrapes during a poll feel, and need more "
+            "memory for the page in flight.",
+            "",
+            *page_size_table(raw),
+        ]
     if not all(r["memory"].get("peak_resettable", True) for r in results if r["memory"]):
         lines += [
             "",
@@ -518,7 +695,8 @@ def write_plot(raw: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = sorted(raw["sizes"], key=lambda result: result["size"])
+    results = sorted(main_results(raw), key=lambda result: result["size"])
+    first, *further = page_sizes(raw)
     sizes = [result["size"] for result in results]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
 
@@ -548,23 +726,32 @@ def write_plot(raw: dict[str, Any], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
     ax = axes[1]
-    for millis, line in (("0", "-"), ("50", "--")):
-        for kind, colour in (("exporter", "tab:blue"), ("bare", "tab:gray")):
-            values = [med(r["polls"].get(millis, {}).get(f"{kind}_wall", [])) for r in results]
-            ax.plot(
-                sizes,
-                values,
-                line,
-                color=colour,
-                marker="o",
-                label=f"{'poll' if kind == 'exporter' else 'bare paging'}, {millis} ms/page",
-            )
+    for page, colours, marker in (
+        (first, {"exporter": "tab:blue", "bare": "tab:gray"}, "o"),
+        *((page, {"exporter": "tab:purple"}, "d") for page in further),
+    ):
+        cases = sorted(
+            (r for r in raw["sizes"] if r.get("page_size", first) == page),
+            key=lambda result: result["size"],
+        )
+        for millis, line in (("0", "-"), ("50", "--")):
+            for kind, colour in colours.items():
+                values = [med(r["polls"].get(millis, {}).get(f"{kind}_wall", [])) for r in cases]
+                ax.plot(
+                    [r["size"] for r in cases],
+                    values,
+                    line,
+                    color=colour,
+                    marker=marker,
+                    label=f"{'poll' if kind == 'exporter' else 'bare paging'}, {millis} ms/page"
+                    f"{'' if page == first else f', pages of {page:,}'}",
+                )
     ax.set(
         xscale="log",
         yscale="log",
         xlabel="environments",
         ylabel="seconds",
-        title="Poll wall time (median)",
+        title=f"Poll wall time (median), pages of {first:,}",
     )
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)

@@ -13,8 +13,10 @@ from typing import Any
 
 from bench.load import Scrapes, scrape, scrape_during
 from bench.procs import ExporterCLI, Simulator, Target, memory_of, reset_peak
+from exporter.config import Config
 
-PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE: int = Config.model_fields["page_size"].default  # what users get
+FURTHER_PAGE_SIZE = 1000  # the largest page the simulator serves, as the platform's
 MiB = 2**20
 LATENCIES_MS = (0, 50)
 SERVERS = ("exporter", "floor", "usual")
@@ -23,6 +25,9 @@ SERVERS = ("exporter", "floor", "usual")
 @dataclass
 class Settings:
     sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
+    # The first page size gets every measurement; each further one the measurements a page
+    # size changes (polls, scrapes during a poll, memory), side by side with the first.
+    page_sizes: tuple[int, ...] = (DEFAULT_PAGE_SIZE, FURTHER_PAGE_SIZE)
     repeats: int = 3
     budget: float = 6.0  # seconds a scrape cell may take (each client scrapes at least once)
     usual: bool = True
@@ -46,6 +51,8 @@ class Cell:
 @dataclass
 class SizeResult:
     size: int
+    page_size: int = DEFAULT_PAGE_SIZE
+    full: bool = True  # every measurement, or only those a page size changes
     exposition_bytes: int = 0
     gzip_bytes: int = 0
     series: dict[str, int] = field(default_factory=dict)
@@ -81,24 +88,32 @@ class Runner:
             print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     def run(self) -> list[SizeResult]:
-        return [self.run_size(size) for size in self.settings.sizes]
+        results = []
+        for size in self.settings.sizes:
+            # One simulator per fleet size serves every page size: the same rows, paged apart.
+            simulator = Simulator(size, max(self.settings.page_sizes))
+            try:
+                self.say(f"{size} environments: simulator at {simulator.url}")
+                first, *further = self.settings.page_sizes
+                results.append(self.run_case(simulator, size, first, full=True))
+                for page_size in further:
+                    results.append(self.run_case(simulator, size, page_size, full=False))
+            finally:
+                simulator.close()
+        return results
 
-    def run_size(self, size: int) -> SizeResult:
+    def run_case(self, simulator: Simulator, size: int, page_size: int, full: bool) -> SizeResult:
         started = time.perf_counter()
-        result = SizeResult(size=size)
-        simulator = Simulator(size, PAGE_SIZE)
-        try:
-            self.say(f"{size} environments: simulator at {simulator.url}")
-            with tempfile.TemporaryDirectory(prefix="letta-bench-") as scratch:
-                self._exporter_and_floor(simulator, result, Path(scratch))
-            if self.settings.usual:
-                self._usual(simulator, result)
-            if self.settings.memory:
-                self._memory(simulator, result)
-        finally:
-            simulator.close()
+        result = SizeResult(size=size, page_size=page_size, full=full)
+        self.say(f"{size} environments, pages of {page_size}")
+        with tempfile.TemporaryDirectory(prefix="letta-bench-") as scratch:
+            self._exporter_and_floor(simulator, result, Path(scratch))
+        if full and self.settings.usual:
+            self._usual(simulator, result)
+        if self.settings.memory:
+            self._memory(simulator, result)
         result.seconds = time.perf_counter() - started
-        self.say(f"{size} environments done in {result.seconds:.0f}s")
+        self.say(f"{size} environments, pages of {page_size}: done in {result.seconds:.0f}s")
         return result
 
     # --- scrapes ---------------------------------------------------------------------
@@ -137,8 +152,14 @@ class Runner:
                 )
 
     def _exporter_and_floor(self, simulator: Simulator, result: SizeResult, scratch: Path) -> None:
-        exporter = Target("exporter", f"--base-url={simulator.url}", f"--page-size={PAGE_SIZE}")
+        exporter = Target(
+            "exporter", f"--base-url={simulator.url}", f"--page-size={result.page_size}"
+        )
         try:
+            if not result.full:  # the same exposition whatever the page size: no scrape cells
+                self._during_poll(simulator, exporter, result)
+                self._polls(simulator, exporter, result)
+                return
             bodies = {}
             for gzipped in (False, True):
                 connection = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=600)
@@ -167,7 +188,7 @@ class Runner:
     def _usual(self, simulator: Simulator, result: SizeResult) -> None:
         self.say("  usual: setting labelled Gauges from a snapshot")
         built = time.perf_counter()
-        usual = Target("usual", f"--base-url={simulator.url}", f"--page-size={PAGE_SIZE}")
+        usual = Target("usual", f"--base-url={simulator.url}", f"--page-size={result.page_size}")
         try:
             result.series["usual"] = int(usual.command("series")["series"])
             result.memory["usual_build_seconds"] = time.perf_counter() - built
@@ -240,9 +261,14 @@ class Runner:
         then with 8 concurrent scrapes; then again without per-environment series."""
         poll_wall = median(result.polls.get("0", {}).get("exporter_wall", [1.0]))
         interval = max(1.0, round(poll_wall * 1.5 + 0.5))
-        measured = self._cli_memory(simulator, interval, poll_wall, burst=True)
+        measured = self._cli_memory(simulator, result.page_size, interval, poll_wall, burst=True)
         lean = self._cli_memory(
-            simulator, interval, poll_wall, "--no-collector.environment", burst=False
+            simulator,
+            result.page_size,
+            interval,
+            poll_wall,
+            "--no-collector.environment",
+            burst=False,
         )
         measured["peak_polls_no_environment"] = lean["peak_polls"]
         measured["after_first_poll_no_environment"] = lean["after_first_poll"]
@@ -255,9 +281,15 @@ class Runner:
         )
 
     def _cli_memory(
-        self, simulator: Simulator, interval: float, poll_wall: float, *flags: str, burst: bool
+        self,
+        simulator: Simulator,
+        page_size: int,
+        interval: float,
+        poll_wall: float,
+        *flags: str,
+        burst: bool,
     ) -> dict[str, Any]:
-        exporter = ExporterCLI(simulator.url, f"{interval:g}s", PAGE_SIZE, *flags)
+        exporter = ExporterCLI(simulator.url, f"{interval:g}s", page_size, *flags)
         try:
             exporter.wait_for_polls(1, timeout=120 + 5 * poll_wall)
             after_first = exporter.memory()

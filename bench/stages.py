@@ -15,11 +15,13 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import pydantic_core
 from pydantic import SecretStr
 
 from exporter.config import Config
 from exporter.models import ValidRows, load_page
 from exporter.rendering import render_fleet
+from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import FleetSnapshot, SnapshotBuilder
 from letta_simulator import SimulatedFleet
 from letta_simulator.schema import EnvironmentListResponse
@@ -27,7 +29,10 @@ from letta_simulator.schema import EnvironmentListResponse
 GZIP_LEVELS = (1, 2, 3, 4, 6, 9)
 
 
-def page_bodies(size: int, page_size: int = 1000, seed: int = 1) -> list[bytes]:
+DEFAULT_PAGE_SIZE: int = Config.model_fields["page_size"].default
+
+
+def page_bodies(size: int, page_size: int = DEFAULT_PAGE_SIZE, seed: int = 1) -> list[bytes]:
     """Every page of a simulated fleet of ``size``, as the API would send them."""
     fleet = SimulatedFleet(size=size, seed=seed, churn=False, max_page_size=page_size)
     bodies: list[bytes] = []
@@ -42,7 +47,7 @@ def page_bodies(size: int, page_size: int = 1000, seed: int = 1) -> list[bytes]:
 
 
 def bench_config(**overrides: Any) -> Config:
-    base = {"api_key": SecretStr("bench"), "poll_jitter": 0.0, "page_size": 1000}
+    base = {"api_key": SecretStr("bench"), "poll_jitter": 0.0}
     return Config(**{**base, **overrides})
 
 
@@ -80,12 +85,44 @@ def _render_times(
     return render_fleet(snapshot, config.render_options()).text, times
 
 
-def measure_stages(size: int, repeats: int = 3) -> dict[str, Any]:
-    """Seconds per stage (lists of repeats), gzip sizes by level, snapshot bytes per row."""
-    bodies = page_bodies(size)
+def page_decodes(bodies: list[bytes]) -> list[float]:
+    """Seconds each page's decode takes: one call, the GIL held throughout, so the longest is
+    the longest a scrape waits on a page while a poll runs."""
+    times = []
+    gc.collect()
+    gc.disable()
+    try:
+        for body in bodies:
+            started = time.perf_counter()
+            pydantic_core.from_json(body)
+            times.append(time.perf_counter() - started)
+    finally:
+        gc.enable()
+    return times
+
+
+def own_registry_render(repeats: int) -> list[float]:
+    """Seconds to render the exporter's own registry, as each scrape does."""
+    metrics = ExporterMetrics(60.0)
+    metrics.render()
+    return _timed(max(repeats, 30), metrics.render, quiet=False)
+
+
+def measure_stages(
+    size: int, repeats: int = 3, page_sizes: tuple[int, ...] = (DEFAULT_PAGE_SIZE,)
+) -> dict[str, Any]:
+    """Seconds per stage (lists of repeats) at the first page size, gzip sizes by level,
+    snapshot bytes per row, and each page size's page decode times."""
+    first, *further = page_sizes
+    bodies = page_bodies(size, first)
     now = time.time()
-    config = bench_config()
-    result: dict[str, Any] = {"size": size, "pages": len(bodies)}
+    config = bench_config(page_size=first)
+    result: dict[str, Any] = {"size": size, "page_size": first, "pages": len(bodies)}
+    decodes = {str(first): page_decodes(bodies)}
+    for page_size in further:
+        decodes[str(page_size)] = page_decodes(page_bodies(size, page_size))
+    result["page_decode"] = decodes
+    result["own_registry"] = own_registry_render(repeats)
     result["body_bytes"] = sum(len(body) for body in bodies)
     result["json_loads"] = _timed(repeats, lambda: [json.loads(b) for b in bodies])
     result["parse"] = _timed(repeats, lambda: [parse_page(b) for b in bodies])
@@ -125,7 +162,10 @@ def summary(result: dict[str, Any]) -> str:
     def med(values: list[float]) -> str:
         return f"{statistics.median(values):.3f}s [{min(values):.3f}-{max(values):.3f}]"
 
-    lines = [f"size {result['size']}: {result['pages']} pages, {result['body_bytes'] / 1e6:.1f} MB"]
+    lines = [
+        f"size {result['size']}: {result['pages']} pages of {result['page_size']}, "
+        f"{result['body_bytes'] / 1e6:.1f} MB"
+    ]
     for key in (
         "json_loads",
         "parse",
@@ -141,11 +181,21 @@ def summary(result: dict[str, Any]) -> str:
             f"  gzip {level}                 {med(entry['seconds'])} {entry['bytes'] / 1e6:.2f} MB"
         )
     lines.append(f"  snapshot               {result['snapshot_bytes_per_row']:.0f} B/row")
+    for page_size, times in result["page_decode"].items():
+        lines.append(
+            f"  decode, pages of {page_size:6} median {statistics.median(times) * 1000:.2f} ms, "
+            f"longest {max(times) * 1000:.2f} ms"
+        )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     import sys
 
-    for size in [int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "10000").split(",")]:
-        print(summary(measure_stages(size)), flush=True)
+    # python -m bench.stages SIZES [PAGE_SIZES]: the first page size gets every stage.
+    def numbers(text: str) -> list[int]:
+        return [int(part) for part in text.split(",")]
+
+    pages = tuple(numbers(sys.argv[2])) if len(sys.argv) > 2 else (DEFAULT_PAGE_SIZE,)
+    for size in numbers(sys.argv[1] if len(sys.argv) > 1 else "10000"):
+        print(summary(measure_stages(size, page_sizes=pages)), flush=True)

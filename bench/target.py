@@ -1,9 +1,10 @@
 """A server under test, in its own process, driven over stdin/stdout by the benchmark.
 
-`python -m bench.target exporter --base-url URL` serves the real exporter (the classes the CLI
-wires: client, poller, fleet state, HTTP server) and polls only when told, so that the benchmark
-knows exactly when a poll runs. `floor` serves fixed bytes with a minimal `http.server`;
-`usual` serves long-lived prometheus-client Gauges with `generate_latest()` per scrape.
+`python -m bench.target exporter --base-url URL --page-size N` serves the real exporter (the
+classes the CLI wires: client, poller, fleet state, HTTP server) and polls only when told, so
+that the benchmark knows exactly when a poll runs. `floor` serves fixed bytes with a minimal
+`http.server`; `usual` serves long-lived prometheus-client Gauges with `generate_latest()` per
+scrape.
 
 Each prints one JSON line `{"port": ...}` when ready, then answers one JSON line per command:
 `poll`, `bare` (page without parsing), `rss`, `quit`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -23,17 +25,14 @@ from typing import Any, ClassVar
 import httpx
 from prometheus_client import disable_created_metrics
 
+from bench.procs import memory_of
+
 API_KEY = "bench-key"
 
 
 def memory() -> dict[str, int]:
     """VmHWM (peak) and VmRSS of this process, in bytes."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            values[key] = int(rest.split()[0]) * 1024
-    return values
+    return memory_of(os.getpid())
 
 
 def _timed(run: Callable[[], object]) -> dict[str, Any]:
@@ -159,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.target")
     parser.add_argument("kind", choices=("exporter", "floor", "usual"))
     parser.add_argument("--base-url")
-    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--page-size", type=int, help="rows per page (exporter, usual)")
     parser.add_argument("--plain")
     parser.add_argument("--gzip")
     args = parser.parse_args(argv)
+    if args.kind != "floor" and not (args.base_url and args.page_size):
+        parser.error(f"{args.kind} needs --base-url and --page-size")
     disable_created_metrics()  # as the exporter's command line sets its process up
     start = {"exporter": _exporter, "floor": _floor, "usual": _usual}[args.kind]
     port, commands = start(args)
