@@ -634,7 +634,8 @@ def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
         "",
         "One client scrapes back to back while the exporter polls, then as many times again "
         "while it is idle. At 0 ms per page the poll is as busy as it gets and the simulator "
-        "builds pages on the same two cores; at 50 ms the upstream is elsewhere, as in life.",
+        f"builds pages on the same {machine['nproc']} cores; at 50 ms the upstream is "
+        "elsewhere, as in life.",
         "",
         *during_table(every),
         "",
@@ -744,14 +745,16 @@ def write_plot(raw: dict[str, Any], path: Path) -> None:
                     color=colour,
                     marker=marker,
                     label=f"{'poll' if kind == 'exporter' else 'bare paging'}, {millis} ms/page"
-                    f"{'' if page == first else f', pages of {page:,}'}",
+                    f"{f', pages of {page:,}' if further else ''}",
                 )
     ax.set(
         xscale="log",
         yscale="log",
         xlabel="environments",
         ylabel="seconds",
-        title=f"Poll wall time (median), pages of {first:,}",
+        title="Poll wall time (median)"
+        if further
+        else f"Poll wall time (median), pages of {first:,}",
     )
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 LIST_PATH = "/v1/environments"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 # A page may hold one JSON value per this many bytes of --letta.max-response-size. Real rows
-# hold one per 9 bytes (only the required fields) to 14 (the simulator's fleet), so a real page
+# hold one per 9 bytes (only the required fields) to ~15 (the simulator's fleet), so a real page
 # under the cap passes; without it, 1 MiB of `[{},{},...]` decodes to 25 MiB of dicts, with it
 # decoding costs at most ~10x the cap (measured: short distinct strings, the worst case).
 BYTES_PER_VALUE = 8

@@ -40,8 +40,9 @@ MIN_DATA_AGE = 600.0
 EXTRA_LABELS = ("working_directory", "git_branch")
 SOURCES = ("local", "remote")
 LOG_LEVELS = ("debug", "info", "warn", "error")
-# A row as the API sends it is ~700 bytes (813 at most in the simulator's fleet): a page of
-# --letta.page-size rows must fit in --letta.max-response-size with room to spare.
+# A row as the API sends it is ~890 bytes in the simulator's fleet (1,430 at most; a page of
+# 1,000 at most 904,835): a page of --letta.page-size rows must fit in
+# --letta.max-response-size with room to spare.
 ROW_BYTES = 1024
 
 
