@@ -13,10 +13,9 @@ from typing import Any
 
 from bench.load import Scrapes, scrape, scrape_during
 from bench.procs import ExporterCLI, Simulator, Target, memory_of, reset_peak
-from exporter.config import Config
+from bench.stages import DEFAULT_PAGE_SIZE
 
-DEFAULT_PAGE_SIZE: int = Config.model_fields["page_size"].default  # what users get
-FURTHER_PAGE_SIZE = 1000  # the largest page the simulator serves, as the platform's
+FURTHER_PAGE_SIZE = 1000  # the simulator's largest page
 MiB = 2**20
 LATENCIES_MS = (0, 50)
 SERVERS = ("exporter", "floor", "usual")

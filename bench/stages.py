@@ -29,7 +29,7 @@ from letta_simulator.schema import EnvironmentListResponse
 GZIP_LEVELS = (1, 2, 3, 4, 6, 9)
 
 
-DEFAULT_PAGE_SIZE: int = Config.model_fields["page_size"].default
+DEFAULT_PAGE_SIZE: int = Config.model_fields["page_size"].default  # what users get
 
 
 def page_bodies(size: int, page_size: int = DEFAULT_PAGE_SIZE, seed: int = 1) -> list[bytes]:

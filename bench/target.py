@@ -25,9 +25,7 @@ from typing import Any, ClassVar
 import httpx
 from prometheus_client import disable_created_metrics
 
-from bench.procs import memory_of
-
-API_KEY = "bench-key"
+from bench.procs import API_KEY, memory_of
 
 
 def memory() -> dict[str, int]:
