@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -423,9 +424,16 @@ def test_a_sigterm_that_lands_on_another_thread_still_stops_the_exporter(
     """The kernel may hand a process' SIGTERM to any of its threads (it did under strace)."""
     with exporter_process(f"--letta.base-url={simulator.url}") as running:
         pid = running.process.pid
-        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        threads = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
         assert threads, "the exporter runs its server and scheduler in threads"
-        _tgkill(pid, threads[-1], signal.SIGTERM)
+        # A thread that served one request may end between the listing and the signal: the
+        # first thread still alive gets it (the server's and the scheduler's live throughout).
+        for thread in threads:
+            with contextlib.suppress(ProcessLookupError):
+                _tgkill(pid, thread, signal.SIGTERM)
+                break
+        else:
+            raise AssertionError(f"none of the exporter's threads {threads} took the signal")
         wait_until(lambda: running.process.poll() is not None, 15, "the exporter to exit")
         assert running.process.returncode == 0
         assert "shutting down" in running.log()
