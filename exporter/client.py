@@ -205,8 +205,12 @@ class EnvironmentsClient:
                         next_page = self._worker.submit(self._fetch, dict(params), deadline, sent)
                         # Validating holds the GIL in stretches: let the request leave first.
                         sent.wait(self._left(deadline))
-                yield FetchedPage(rows=loaded.validate(), received_at=received_at)
-                if not loaded.has_next_page:
+                has_next_page = loaded.has_next_page
+                fetched = FetchedPage(rows=loaded.validate(), received_at=received_at)
+                del loaded  # the decoded JSON goes now, not once the next page is decoded
+                yield fetched
+                del fetched
+                if not has_next_page:
                     return
                 if cursor is None:
                     raise PaginationError(f"page {number} is empty but hasNextPage is true")
