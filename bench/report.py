@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.run import DEFAULT_PAGE_SIZE, percentile
+from bench.run import percentile
 from exporter.models import ROW_BATCH
 from exporter.poller import POLL_SWITCH_INTERVAL
 from exporter.store import GZIP_LEVEL
@@ -121,9 +121,10 @@ def size_label(size: int) -> str:
 
 
 # --- results ------------------------------------------------------------------------------
+# A run's results come by fleet size, then in the order of its page sizes (bench.run).
 def page_sizes(raw: dict[str, Any]) -> list[int]:
     """The run's page sizes, the first (every measurement) first."""
-    sizes: list[int] = raw["settings"].get("page_sizes") or [DEFAULT_PAGE_SIZE]
+    sizes: list[int] = raw["settings"]["page_sizes"]
     return sizes
 
 
@@ -131,19 +132,14 @@ def main_page_size(raw: dict[str, Any]) -> int:
     return page_sizes(raw)[0]
 
 
+def results_at(raw: dict[str, Any], page_size: int) -> list[dict[str, Any]]:
+    """One result per fleet size, at that page size."""
+    return [r for r in raw["sizes"] if r["page_size"] == page_size]
+
+
 def main_results(raw: dict[str, Any]) -> list[dict[str, Any]]:
     """One result per fleet size, at the first page size: the one with every measurement."""
-    first = main_page_size(raw)
-    return [r for r in raw["sizes"] if r.get("page_size", first) == first]
-
-
-def by_size_and_page(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every result, by fleet size, then in the run's order of page sizes."""
-    order = {size: index for index, size in enumerate(page_sizes(raw))}
-    first = main_page_size(raw)
-    return sorted(
-        raw["sizes"], key=lambda r: (r["size"], order.get(r.get("page_size", first), len(order)))
-    )
+    return results_at(raw, main_page_size(raw))
 
 
 def pages_label(sizes: list[int]) -> str:
@@ -252,7 +248,7 @@ def verdicts(result: dict[str, Any]) -> list[Verdict]:
 def why(kind: str, raw: dict[str, Any], result: dict[str, Any]) -> str:
     stages = raw.get("stages") or {}
     size = size_label(result["size"])
-    page = result.get("page_size", main_page_size(raw))
+    page = result["page_size"]
     if kind == "floor":
         own = stages.get("own_registry")
         cost = (
@@ -443,7 +439,7 @@ def memory_table(results: list[dict[str, Any]]) -> list[str]:
             f"| {mib(memory['after_first_poll'])} | {mib(memory['peak_polls'])} "
             f"| {mib(memory['peak_burst_plain'])} / {mib(memory['peak_burst_gzip'])} "
             f"| {mib(memory['peak_polls_no_environment'])} "
-            f"| {mib(usual) if usual else 'n/a' if result.get('full', True) else '-'} |"
+            f"| {mib(usual) if usual else 'n/a' if result['full'] else '-'} |"
         )
     return lines
 
@@ -462,7 +458,7 @@ def stage_tables(stages: dict[str, Any]) -> list[str]:
     ]
     lines = [
         f"At {size_label(stages['size'])} environments ({stages['pages']:,} pages of "
-        f"{size_label(stages.get('page_size', DEFAULT_PAGE_SIZE))} rows, "
+        f"{size_label(stages['page_size'])} rows, "
         f"{mb(stages['body_bytes'])} of JSON; exposition {mb(stages['exposition_bytes'])}; "
         f"lean snapshot {stages['snapshot_bytes_per_row']:.0f} bytes per environment):",
         "",
@@ -505,7 +501,7 @@ def stage_tables(stages: dict[str, Any]) -> list[str]:
 def page_size_table(raw: dict[str, Any]) -> list[str]:
     """At the largest fleet, what each page size measured, side by side."""
     largest = max(r["size"] for r in raw["sizes"])
-    results = [r for r in by_size_and_page(raw) if r["size"] == largest]
+    results = [r for r in raw["sizes"] if r["size"] == largest]
     decodes = (raw.get("stages") or {}).get("page_decode", {})
     lines = [
         "| rows/page | requests a poll | poll wall s, 0 / 50 ms a page | poll CPU s, 0 ms "
@@ -547,7 +543,7 @@ def _static(name: str) -> list[str]:
 def render_markdown(raw: dict[str, Any], plot_name: str) -> str:
     machine = raw["machine"]
     results = main_results(raw)
-    every = by_size_and_page(raw)
+    every = raw["sizes"]
     pages = page_sizes(raw)
     first = main_page_size(raw)
     largest = max(results, key=lambda result: result["size"])
@@ -696,7 +692,7 @@ def write_plot(raw: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = sorted(main_results(raw), key=lambda result: result["size"])
+    results = main_results(raw)
     first, *further = page_sizes(raw)
     sizes = [result["size"] for result in results]
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
@@ -731,10 +727,7 @@ def write_plot(raw: dict[str, Any], path: Path) -> None:
         (first, {"exporter": "tab:blue", "bare": "tab:gray"}, "o"),
         *((page, {"exporter": "tab:purple"}, "d") for page in further),
     ):
-        cases = sorted(
-            (r for r in raw["sizes"] if r.get("page_size", first) == page),
-            key=lambda result: result["size"],
-        )
+        cases = results_at(raw, page)
         for millis, line in (("0", "-"), ("50", "--")):
             for kind, colour in colours.items():
                 values = [med(r["polls"].get(millis, {}).get(f"{kind}_wall", [])) for r in cases]
