@@ -160,6 +160,7 @@ class ExporterCLI:
                 f"--letta.poll-interval={poll_interval}",
                 "--letta.poll-jitter=10ms",
                 "--no-version.registry",
+                "--no-version.pypi",
                 "--log.level=warn",
                 *flags,
             ],

@@ -104,6 +104,7 @@ def _exporter(args: argparse.Namespace) -> tuple[int, dict[str, Callable[[], Any
             "--letta.poll-interval=10m",
             "--letta.poll-jitter=1s",
             "--no-version.registry",
+            "--no-version.pypi",
         ],
         {"LETTA_API_KEY": API_KEY},
     ).config

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from exporter import __version__, logs
 from exporter.client import EnvironmentsClient
 from exporter.config import Config, load_config
 from exporter.errors import ConfigError
+from exporter.fleet import newest_release
 from exporter.poller import Poller
 from exporter.release_lookup import ReleaseLookup
 from exporter.selfmetrics import ExporterMetrics
@@ -57,6 +59,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         }
         if not invocation.explicit_registry_url:
             demo_changes["version_registry_url"] = f"{simulator.url}/_registry"
+        if not invocation.explicit_pypi_url:
+            demo_changes["version_pypi_url"] = f"{simulator.url}/_pypi"
         config = config.model_copy(update=demo_changes)
     try:
         if invocation.once:
@@ -73,37 +77,48 @@ class _Polling:
 
     store: Store
     client: EnvironmentsClient
-    lookup: ReleaseLookup | None
+    lookups: tuple[ReleaseLookup, ...]
     poller: Poller
 
     def close(self) -> None:
         self.client.close()
-        if self.lookup is not None:
-            self.lookup.close()
+        for lookup in self.lookups:
+            lookup.close()
+
+    def refresh_releases(self) -> None:
+        """Every registry once, side by side: together bounded by one registry timeout."""
+        threads = [
+            threading.Thread(target=lookup.refresh, name=f"release-lookup-{lookup.registry}")
+            for lookup in self.lookups
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
 
 def _polling(config: Config, metrics: ExporterMetrics) -> _Polling:
     store = Store()
     client = EnvironmentsClient(config.client_settings(), observe=metrics.observe_request)
-    lookup = None
-    if config.version_registry and not config.version_target:  # a pinned version needs none
-        lookup = ReleaseLookup(config.lookup_settings(), observe=metrics.observe_release_lookup)
+    lookups = tuple(
+        ReleaseLookup(settings, observe=metrics.observe_release_lookup)
+        for settings in config.lookup_settings()
+    )
     poller = Poller(
         config.poll_settings(),
         client,
         store,
         metrics,
-        releases=lambda: lookup.current if lookup else None,
+        releases=lambda: newest_release(lookup.current for lookup in lookups),
     )
-    return _Polling(store=store, client=client, lookup=lookup, poller=poller)
+    return _Polling(store=store, client=client, lookups=lookups, poller=poller)
 
 
 def _run_once(config: Config) -> int:
     metrics = ExporterMetrics(config.poll_interval, process=False)
     polling = _polling(config, metrics)
     try:
-        if polling.lookup is not None:
-            polling.lookup.refresh()
+        polling.refresh_releases()
         ok = polling.poller.poll_once()
     finally:
         polling.close()
@@ -136,7 +151,7 @@ def _run_forever(config: Config) -> int:
         return 2
     metrics = ExporterMetrics(config.poll_interval)
     polling = _polling(config, metrics)
-    lookup, poller = polling.lookup, polling.poller
+    poller = polling.poller
     try:
         host, port = parse_listen_address(config.listen_address)
         server = ExporterHTTPServer(
@@ -175,16 +190,15 @@ def _run_forever(config: Config) -> int:
             flush=True,
         )
 
-    if lookup is not None:
-        # Once before the first poll (bounded by the registry timeout), so that the first
-        # fleet already compares against the registry's release; then on its own schedule.
-        lookup.refresh()
+    # Once before the first poll (bounded by the registry timeout), so that the first fleet
+    # already compares against the registries' release; then each on its own schedule.
+    polling.refresh_releases()
     scheduler = BackgroundScheduler(timezone=UTC)
-    if lookup is not None:
+    for lookup in polling.lookups:
         scheduler.add_job(
             lookup.refresh,
             IntervalTrigger(seconds=config.version_refresh_interval),
-            id="release-lookup",
+            id=f"release-lookup-{lookup.registry}",
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,

@@ -341,8 +341,8 @@ class Config(BaseSettings):
         str | None, BeforeValidator(_semver), Option("version.target", "VERSION")
     ] = Field(
         None,
-        description="pin the version counted as current (else the registry's latest, else the "
-        "fleet's newest release)",
+        description="pin the version counted as current (else the newest release of the "
+        "registries, else the fleet's newest release)",
     )
     version_registry: Annotated[Flag, Option("version.registry", show=_on)] = Field(
         True, description="look the current release up in the npm registry"
@@ -353,12 +353,21 @@ class Config(BaseSettings):
     version_package: Annotated[Text, Option("version.package", "NAME")] = Field(
         "@letta-ai/letta-code", description="npm package of Letta Code"
     )
+    version_pypi: Annotated[Flag, Option("version.pypi", show=_on)] = Field(
+        True, description="look the current release up on PyPI too (the newest of both counts)"
+    )
+    version_pypi_url: Annotated[URL, Option("version.pypi-url", "URL")] = Field(
+        "https://pypi.org", description="PyPI, or a mirror with its JSON API"
+    )
+    version_pypi_package: Annotated[Text, Option("version.pypi-package", "NAME")] = Field(
+        "letta", description="PyPI project of Letta Code"
+    )
     version_refresh_interval: Annotated[
         Duration, Option("version.refresh-interval", **DURATION)
-    ] = Field(3600.0, description="how often to ask the registry")
+    ] = Field(3600.0, description="how often to ask the registries")
     version_registry_timeout: Annotated[
         Duration, Option("version.registry-timeout", **DURATION)
-    ] = Field(10.0, description="timeout of one registry request")
+    ] = Field(10.0, description="deadline of one registry lookup, redirects and body included")
     version_max_response_size: Annotated[Size, Option("version.max-response-size", **SIZE)] = Field(
         16 * MiB, description="largest registry document, counted after decompression"
     )
@@ -448,13 +457,25 @@ class Config(BaseSettings):
             user_id=self.user_id,
         )
 
-    def lookup_settings(self) -> LookupSettings:
-        return LookupSettings(
-            registry_url=self.version_registry_url,
-            package=self.version_package,
-            timeout=self.version_registry_timeout,
-            max_response_size=self.version_max_response_size,
-            ca_file=self.ca_file,
+    def lookup_settings(self) -> tuple[LookupSettings, ...]:
+        """One lookup per registry that is asked (none when a version is pinned)."""
+        if self.version_target:
+            return ()
+        asked = (
+            ("npm", self.version_registry, self.version_registry_url, self.version_package),
+            ("pypi", self.version_pypi, self.version_pypi_url, self.version_pypi_package),
+        )
+        return tuple(
+            LookupSettings(
+                registry_url=url,
+                package=package,
+                timeout=self.version_registry_timeout,
+                max_response_size=self.version_max_response_size,
+                ca_file=self.ca_file,
+                registry=registry,
+            )
+            for registry, on, url, package in asked
+            if on
         )
 
     def render_options(self) -> RenderOptions:
@@ -570,6 +591,7 @@ class Invocation:
     config: Config
     once: bool
     explicit_registry_url: bool = False
+    explicit_pypi_url: bool = False
 
 
 def _in_file() -> dict[str, str]:
@@ -669,4 +691,5 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Invocation:
         config=config,
         once=once,
         explicit_registry_url="version_registry_url" in flags or "version_registry_url" in file,
+        explicit_pypi_url="version_pypi_url" in flags or "version_pypi_url" in file,
     )

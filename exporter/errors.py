@@ -74,3 +74,8 @@ POLL_RESULTS: tuple[str, ...] = (
     "internal_error",
 )
 """Every value of ``letta_exporter_polls_total{result}``, served from start-up at zero."""
+
+LOOKUP_RESULTS = ("success", "http_error", "timeout", "connection_error", "invalid_response")
+"""Every value of ``letta_exporter_release_lookups_total{result}``."""
+RELEASE_REGISTRIES = ("npm", "pypi")
+"""Every value of ``letta_exporter_release_lookups_total{registry}``: Letta Code's channels."""

@@ -46,11 +46,38 @@ _OS_VERSION = re.compile(r"\s*v?([0-9]+(?:\.[0-9]+)?)")
 
 @dataclass(frozen=True)
 class ReleaseInfo:
-    """The registry's `latest` version and when each version was published (epoch seconds)."""
+    """A registry's newest release and when each version was published (epoch seconds);
+    `source` is the value of `letta_environments_latest_version_info`'s label: `registry`
+    (npm's `latest` tag) or `pypi` (PyPI's newest release)."""
 
     latest: str
     published: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     fetched_at: float = 0.0
+    source: str = "registry"
+
+
+def newest_release(answers: Iterable[ReleaseInfo | None]) -> ReleaseInfo | None:
+    """The answers of several registries as one: the newest `latest` of them (by semantic
+    version; on a tie or an unparsable version, the first given), with its `source`, and each
+    version's earliest publication in any of them (when it could first be installed)."""
+    known = [answer for answer in answers if answer is not None]
+    if not known:
+        return None
+    newest = known[0]
+    for answer in known[1:]:
+        parsed, best = parse_version(answer.latest), parse_version(newest.latest)
+        if parsed is not None and (best is None or parsed > best):
+            newest = answer
+    published: dict[str, float] = {}
+    for answer in known:
+        for version, stamp in answer.published.items():
+            published[version] = min(stamp, published.get(version, stamp))
+    return ReleaseInfo(
+        latest=newest.latest,
+        published=MappingProxyType(published),
+        fetched_at=max(answer.fetched_at for answer in known),
+        source=newest.source,
+    )
 
 
 class Host(NamedTuple):
@@ -211,10 +238,11 @@ class CurrentVersion:
 def current_version(
     views: list[EnvironmentView], pinned: str | None, releases: ReleaseInfo | None
 ) -> CurrentVersion | None:
-    """Precedence: the operator's pin, then the registry's `latest`, then the fleet's newest."""
+    """Precedence: the operator's pin, then the registries' newest release, then the fleet's
+    newest."""
     for version, source in (
         (pinned, "pinned"),
-        (releases.latest if releases else None, "registry"),
+        (releases.latest if releases else None, releases.source if releases else "registry"),
         (latest_version(views), "observed"),
     ):
         parsed = parse_version(version) if version else None

@@ -1,7 +1,9 @@
-"""The current Letta Code release, as its own updater sees it: the npm registry's `latest` tag.
+"""The current Letta Code release, from the registries that publish it.
 
-Looked up on its own schedule (hourly by default), cached; a failed lookup keeps the last good
-answer and never fails a poll.
+Letta Code is published on npm (`@letta-ai/letta-code`, whose `latest` tag its own updater
+follows) and on PyPI (`letta`, which carries its own Node); the two channels need not agree.
+One lookup per registry, each on its own schedule (hourly by default) and cached; a failed
+lookup keeps its last good answer and never fails a poll. `fleet.newest_release` combines them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from exporter.units import format_size
 
 log = logging.getLogger(__name__)
 
-LOOKUP_RESULTS = ("success", "http_error", "timeout", "connection_error", "invalid_response")
 MAX_REDIRECTS = 5
 
 
@@ -63,7 +64,63 @@ def parse_packument(body: bytes, fetched_at: float) -> ReleaseInfo:
             published[version] = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
         except ValueError:
             continue  # one odd date does not cost the others
-    return ReleaseInfo(latest=latest, published=MappingProxyType(published), fetched_at=fetched_at)
+    return ReleaseInfo(
+        latest=latest,
+        published=MappingProxyType(published),
+        fetched_at=fetched_at,
+        source="registry",
+    )
+
+
+class _PyPIFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    upload_time_iso_8601: str | None = None
+    yanked: bool = False
+
+
+class _PyPIInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: str
+
+
+class PyPIProject(BaseModel):
+    """The parts of PyPI's JSON document of a project (`/pypi/NAME/json`) the exporter reads."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    info: _PyPIInfo
+    releases: dict[str, list[_PyPIFile]] = Field(default_factory=dict)
+
+
+def parse_pypi_project(body: bytes, fetched_at: float) -> ReleaseInfo:
+    """`info.version` is PyPI's newest release (never a pre-release unless only those exist);
+    a version's publication is its first file's upload, yanked files left out."""
+    try:
+        project = PyPIProject.model_validate_json(body)
+    except ValidationError as exc:
+        raise ValueError(f"not a PyPI project document ({exc.error_count()} error(s))") from None
+    if not project.info.version:
+        raise ValueError("the project has no version")
+    published: dict[str, float] = {}
+    for version, files in project.releases.items():
+        stamps = []
+        for file in files:
+            if file.yanked or not file.upload_time_iso_8601:
+                continue
+            try:
+                stamps.append(datetime.fromisoformat(file.upload_time_iso_8601).timestamp())
+            except ValueError:
+                continue  # one odd date does not cost the others
+        if stamps:
+            published[version] = min(stamps)
+    return ReleaseInfo(
+        latest=project.info.version,
+        published=MappingProxyType(published),
+        fetched_at=fetched_at,
+        source="pypi",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +132,14 @@ class LookupSettings:
     timeout: float
     max_response_size: int
     ca_file: Path | None
+    registry: str = "npm"
+    """`npm` (a package document) or `pypi` (PyPI's JSON API)."""
+
+    @property
+    def document_url(self) -> str:
+        if self.registry == "pypi":
+            return f"{self.registry_url}/pypi/{quote(self.package, safe='')}/json"
+        return f"{self.registry_url}/{quote(self.package, safe='@')}"
 
 
 class ReleaseLookup:
@@ -85,15 +150,17 @@ class ReleaseLookup:
         settings: LookupSettings,
         *,
         transport: httpx.BaseTransport | None = None,
-        observe: Callable[[str], None] | None = None,
+        observe: Callable[[str, str], None] | None = None,
         wall_clock: Callable[[], float] = clock.wall_clock,
         monotonic: Callable[[], float] = clock.monotonic,
     ) -> None:
-        self._url = f"{settings.registry_url}/{quote(settings.package, safe='@')}"
+        self._url = settings.document_url
+        self.registry = settings.registry
+        self._parse = parse_pypi_project if settings.registry == "pypi" else parse_packument
         self._timeout = settings.timeout
         self._max_size = settings.max_response_size
         self._monotonic = monotonic
-        self._observe = observe or (lambda result: None)
+        self._observe = observe or (lambda registry, result: None)
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self._closed = False
@@ -137,15 +204,16 @@ class ReleaseLookup:
             self._lock.release()
         if self._closed:
             return False  # shutting down: the lookup was abandoned, not failed
-        self._observe(result)
+        self._observe(self.registry, result)
         if result == "success":
             if self._failing is not None:
-                log.info("release lookup recovered")
+                log.info("release lookup in %s recovered", self.registry)
             self._failing = None
             return True
         if self._failing != result:
             log.warning(
-                "release lookup failed (%s): %s; keeping %s",
+                "release lookup in %s failed (%s): %s; keeping %s",
+                self.registry,
                 result,
                 detail,
                 self.current.latest if self.current else "the fleet's newest release",
@@ -193,7 +261,7 @@ class ReleaseLookup:
         except BodyError as exc:
             return "invalid_response", f"the document: {exc}"
         try:
-            self.current = parse_packument(body, self._wall_clock())
+            self.current = self._parse(body, self._wall_clock())
         except ValueError as exc:
             return "invalid_response", str(exc)
         return "success", ""

@@ -11,8 +11,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__
-from exporter.errors import POLL_RESULTS
-from exporter.release_lookup import LOOKUP_RESULTS
+from exporter.errors import LOOKUP_RESULTS, POLL_RESULTS, RELEASE_REGISTRIES
 
 
 class ExporterMetrics:
@@ -61,13 +60,14 @@ class ExporterMetrics:
         )
         self.release_lookups = Counter(
             "letta_exporter_release_lookups",
-            "Lookups of the current Letta Code release in the npm registry, by result.",
-            ["result"],
+            "Lookups of the current Letta Code release, by registry (npm, pypi) and result.",
+            ["registry", "result"],
             registry=r,
         )
         self.release_last_success = Gauge(
             "letta_exporter_release_last_success_timestamp_seconds",
-            "Time of the last successful release lookup, 0 before the first.",
+            "Time of the last successful release lookup of each registry, 0 before the first.",
+            ["registry"],
             registry=r,
         )
         build = Gauge(
@@ -80,18 +80,20 @@ class ExporterMetrics:
         self.poll_interval.set(poll_interval)
         for result in POLL_RESULTS:
             self.polls.labels(result=result)
-        for result in LOOKUP_RESULTS:
-            self.release_lookups.labels(result=result)
+        for registry in RELEASE_REGISTRIES:
+            self.release_last_success.labels(registry=registry)
+            for result in LOOKUP_RESULTS:
+                self.release_lookups.labels(registry=registry, result=result)
         if process:
             ProcessCollector(registry=r)
 
     def observe_request(self, code: str) -> None:
         self.api_requests.labels(code=code).inc()
 
-    def observe_release_lookup(self, result: str) -> None:
-        self.release_lookups.labels(result=result).inc()
+    def observe_release_lookup(self, registry: str, result: str) -> None:
+        self.release_lookups.labels(registry=registry, result=result).inc()
         if result == "success":
-            self.release_last_success.set_to_current_time()
+            self.release_last_success.labels(registry=registry).set_to_current_time()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -30,7 +30,8 @@ A small admin API for tests and demos lives under `/_simulator/`:
   `DELETE /_simulator/hide` lists them again.
 - `GET /_simulator/state`: rows by state, the silenced ids, the stopped and hidden machines.
 - `GET /_registry/<package>`: an npm package document of Letta Code's releases (`dist-tags`,
-  `time`), so the demo and the tests need no internet.
+  `time`), and `GET /_pypi/pypi/<project>/json` PyPI's document of them, so the demo and the
+  tests need no internet.
 
 Each machine's state is a function of the clock (and of the switches above): it cycles through
 running and dead with its own period and phase, so heartbeats advance, leases drop and rows
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import heapq
 import json
 import logging
 import random
@@ -49,18 +51,27 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from exporter import clock as clocks
+from letta_simulator.listeners import (
+    Listener,
+    ListenerRegistry,
+    RegistrationError,
+    ReRegistration,
+)
+from letta_simulator.relay import RELAY_PATH, Relay
 
 log = logging.getLogger(__name__)
 
 LIST_PATH = "/v1/environments"
+REGISTER_PATH = "/v1/environments/register"
 ORGANIZATION_ID = "org-5f1c2d9e-simulated"
+LISTENER_SOURCE = "local"  # a `letta server` on a machine of its own, not a Letta Cloud sandbox
 
 _OS = (("darwin", 50), ("linux", 33), ("win32", 12), ("freebsd", 1), (None, 4))
 _MODES = (
@@ -109,9 +120,9 @@ DESKTOP_UPDATE = {
     "Code Desktop.",
     "manual_command": "Update Letta Code Desktop to upgrade the bundled Letta Code runtime.",
 }
-PYPI_UPDATE = {
+PYPI_UPDATE = {  # as Letta Code 0.34.12 installed by pip reports it
     "supported": False,
-    "writable": True,
+    "writable": False,
     "reason": "This Letta Code runtime is managed by a Python package installer.",
     "manual_command": "Upgrade with your installer: uv tool upgrade letta, pipx upgrade letta, "
     "or python -m pip install --upgrade letta",
@@ -382,6 +393,8 @@ class SimulatedFleet:
     """Share of deaths whose lease the relay fails to clear (held until the machine returns)."""
     reregister_share: float = 0.3
     """Share of returns under a new row id (a restart, a self-upgrade) instead of the old row."""
+    reregistration: ReRegistration = ReRegistration.SAME_ROW
+    """What a real listener's second registration under the same device and name does."""
     specs: list[EnvironmentSpec] = field(init=False)
     faults: Faults = field(default_factory=Faults)
     silenced: dict[str, float] = field(default_factory=dict)
@@ -401,6 +414,12 @@ class SimulatedFleet:
         self._by_name: dict[str, list[EnvironmentSpec]] = {}
         for spec in self.specs:
             self._by_name.setdefault(spec.connection_name, []).append(spec)
+        self.listeners = ListenerRegistry(
+            lease_timeout=self._lease_timeout,
+            row_ttl=self._row_ttl,
+            reregistration=self.reregistration,
+            clock=self.clock,
+        )
 
     # --- state as a function of the clock ---------------------------------------------
     def rows(self, spec: EnvironmentSpec, now: float) -> list[tuple[dict[str, Any], str]]:
@@ -509,9 +528,6 @@ class SimulatedFleet:
     ) -> tuple[dict[str, Any], str]:
         """One API row of ``spec``: ``lease`` is its state, lease start and last heartbeat."""
         state, lease_start, last_heartbeat = lease
-        skew = self.faults.clock_skew_seconds
-        if last_heartbeat is not None and skew:
-            last_heartbeat += skew
         connected = state != "offline"
         row: dict[str, Any] = {
             "id": row_id,
@@ -536,10 +552,39 @@ class SimulatedFleet:
             row["userId"] = spec.user_id
         if row["apiKeyOwner"] is None:
             del row["apiKeyOwner"]
+        return self._faulted(row), state
+
+    def _listener_row(self, listener: Listener) -> tuple[dict[str, Any], str]:
+        """The API row of a registered real listener, and its state (online while leased)."""
+        leased = listener.connected_at is not None
+        beat = listener.last_heartbeat
+        row: dict[str, Any] = {
+            "id": listener.id,
+            "connectedAt": _ms(listener.connected_at) if listener.connected_at else None,
+            "connectionId": listener.connection_id if leased else None,
+            "connectionName": listener.connection_name,
+            "deviceId": listener.device_id,
+            "firstSeenAt": _ms(listener.first_seen),
+            "lastHeartbeat": _ms(beat) if beat is not None else None,
+            "lastSeenAt": _ms(beat if beat is not None else listener.registered),
+            "organizationId": ORGANIZATION_ID,
+            "podId": "pod-relay" if leased else None,
+            "apiKeyOwner": listener.user_id,
+            "userId": listener.user_id,
+        }
+        if listener.metadata is not None:
+            row["metadata"] = listener.metadata
+        return self._faulted(row), "online" if leased else "offline"
+
+    def _faulted(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` as the clock-skew and extra-field switches change it."""
+        skew = self.faults.clock_skew_seconds
+        if row["lastHeartbeat"] is not None and skew:  # lastSeenAt is that heartbeat too
+            row["lastHeartbeat"] = row["lastSeenAt"] = row["lastHeartbeat"] + _ms(skew)
         if self.faults.extra_fields:
             row["capabilities"] = {"beta": True}
             row["currentMode"] = "yolo-2027"
-        return row, state
+        return row
 
     def state_counts(self) -> dict[str, Any]:
         now = self.clock()
@@ -547,6 +592,9 @@ class SimulatedFleet:
         for spec in self.specs:
             for _, state in self.rows(spec, now):
                 counts[state] += 1
+        listeners = [self._listener_row(listener) for listener in self.listeners.rows()]
+        for _, state in listeners:
+            counts[state] += 1
         return {
             **counts,
             "silenced": sorted(self.silenced),
@@ -556,6 +604,10 @@ class SimulatedFleet:
                 if runs[-1].stopped is not None
             ),
             "hidden": sorted(self.hidden),
+            "listeners": [
+                {"connectionName": row["connectionName"], "id": row["id"], "state": state}
+                for row, state in listeners
+            ],
         }
 
     # --- switches ----------------------------------------------------------------------
@@ -622,6 +674,26 @@ class SimulatedFleet:
             self.hidden.clear()
 
     # --- the list endpoint ---------------------------------------------------------------
+    def _machines_from(
+        self, start: int, after: str, query: dict[str, str]
+    ) -> Iterator[EnvironmentSpec | Listener]:
+        """The synthetic machines from ``start`` and the registered listeners after ``after``,
+        merged in cursor order (each machine's rows follow its first row id), filters applied."""
+        source, user = query.get("source"), query.get("userId")
+        specs = (
+            spec
+            for spec in (self.specs[index] for index in range(start, len(self.specs)))
+            if (not source or spec.source == source) and (not user or spec.user_id == user)
+        )
+        listeners = (
+            listener
+            for listener in self.listeners.rows()
+            if listener.id[:ID_LENGTH] >= after[:ID_LENGTH]
+            and source in (None, "", LISTENER_SOURCE)
+            and (not user or listener.user_id == user)
+        )
+        return heapq.merge(specs, listeners, key=lambda machine: machine.id)
+
     def list_page(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """Status, headers and body of one `GET /v1/environments`."""
         with self._lock:
@@ -656,26 +728,25 @@ class SimulatedFleet:
         now = self.clock()
         online_only = query.get("onlineOnly", "").lower() == "true"
         rows: list[dict[str, Any]] = []
-        index = start
         full = False
-        while index < len(self.specs) and not full:
-            spec = self.specs[index]
-            index += 1
-            if query.get("source") and spec.source != query["source"]:
-                continue
-            if query.get("userId") and spec.user_id != query["userId"]:
-                continue
-            for row, state in self.rows(spec, now):
+        for machine in self._machines_from(start, after or "", query):
+            if isinstance(machine, Listener):
+                listed = [self._listener_row(machine)]
+            else:
+                listed = self.rows(machine, now)
+            for row, state in listed:
                 if (after and row["id"] <= after) or (online_only and state != "online"):
                     continue
                 if len(rows) == limit:
                     full = True  # one row more than the page holds: there is a next page
                     break
                 rows.append(row)
-        has_next = full or index < len(self.specs)
+            if full:
+                break
+        has_next = full
         if faults.empty_pages and after:
             rows, has_next = [], True
-        elif faults.repeat_cursor and after:
+        elif faults.repeat_cursor and after and self.specs:
             rows = [self.row(self.specs[0], now)[0]]
             has_next = True
         if faults.duplicate_rows and after and start < len(self.specs):
@@ -687,6 +758,17 @@ class SimulatedFleet:
         if faults.truncate:
             return 200, {"X-Simulator-Truncated": "1"}, body[: len(body) // 2]
         return 200, {}, body
+
+
+def pypi_project(name: str) -> dict[str, Any]:
+    """PyPI's JSON document of Letta Code's releases (`/pypi/NAME/json`), one wheel each."""
+    return {
+        "info": {"name": name, "version": LATEST_RELEASE},
+        "releases": {
+            version: [{"upload_time_iso_8601": stamp, "yanked": False}]
+            for version, stamp in RELEASES.items()
+        },
+    }
 
 
 def _ms(seconds: float) -> int:
@@ -702,6 +784,11 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
     ) -> None:
         self.fleet = fleet
         self.api_key = api_key
+        self.relay = Relay(
+            fleet.listeners,
+            ping_interval=fleet.heartbeat_interval,
+            lease_timeout=fleet.listeners.lease_timeout,
+        )
         super().__init__(address, SimulatorHandler)
 
     @property
@@ -710,6 +797,7 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
         return f"http://{host!s}:{port}"
 
     def close(self) -> None:
+        self.relay.close()
         self.shutdown()
         self.server_close()
 
@@ -737,8 +825,20 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 },
             )
             return
+        if parts.path.startswith("/_pypi/pypi/") and parts.path.endswith("/json"):
+            self._json(200, pypi_project(parts.path.split("/")[3]))
+            return
         if parts.path == "/_simulator/state":
             self._json(200, self.server.fleet.state_counts())
+            return
+        if parts.path == "/v1/health":
+            self._json(200, {"status": "ok", "version": "simulated"})
+            return
+        if parts.path == RELAY_PATH and self.headers.get("Upgrade", "").lower() == "websocket":
+            self.server.relay.serve(
+                self.connection, self.path, list(self.headers.items()), self._authorised()
+            )
+            self.close_connection = True
             return
         if parts.path.rstrip("/") == LIST_PATH:
             if not self._authorised():
@@ -768,7 +868,9 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             if not isinstance(document, dict):
                 raise ValueError("expected a JSON object")
             fleet = self.server.fleet
-            if path == "/_simulator/faults":
+            if path == REGISTER_PATH:
+                self._register(document)
+            elif path == "/_simulator/faults":
                 fleet.set_faults(Faults.from_json(document))
                 self._json(200, {"ok": True})
             elif path == "/_simulator/silence":
@@ -785,8 +887,26 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                     self._json(200, {"hidden": sorted({m.connection_name for m in machines})})
             else:
                 self._json(404, {"error": "not found"})
+        except RegistrationError as exc:
+            self._json(exc.status, {"error": str(exc)})
         except (ValueError, TypeError) as exc:
             self._json(400, {"error": str(exc)})
+
+    def _register(self, document: dict[str, Any]) -> None:
+        """`POST /v1/environments/register`: a real listener's row, and where its relay is."""
+        if not self._authorised():
+            self._json(401, {"error": "Unauthorized: missing or invalid API key"})
+            return
+        listener = self.server.fleet.listeners.register(self._token(), document)
+        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
+        log.info("simulator: %s registered as %s", listener.connection_name, listener.id)
+        self._json(
+            200,
+            {
+                "connectionId": listener.connection_id,
+                "wsUrl": f"ws://{host}{RELAY_PATH}?connectionId={listener.connection_id}",
+            },
+        )
 
     def do_DELETE(self) -> None:
         path = urlsplit(self.path).path
@@ -803,9 +923,12 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             return
         self._json(200, {"ok": True})
 
-    def _authorised(self) -> bool:
+    def _token(self) -> str:
         header = self.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
+        return header[7:] if header.startswith("Bearer ") else ""
+
+    def _authorised(self) -> bool:
+        token = self._token()
         if not token:
             return False
         return self.server.api_key is None or token == self.server.api_key
@@ -835,6 +958,7 @@ def start_simulator(
     clock: Callable[[], float] = clocks.wall_clock,
     lease_timeout: float | None = None,
     row_ttl: float | None = None,
+    reregistration: ReRegistration = ReRegistration.SAME_ROW,
 ) -> SimulatorHTTPServer:
     """Serve a simulated fleet in a background thread; ``.url`` is its base URL."""
     fleet = SimulatedFleet(
@@ -846,6 +970,7 @@ def start_simulator(
         clock=clock,
         lease_timeout=lease_timeout,
         row_ttl=row_ttl,
+        reregistration=reregistration,
     )
     server = SimulatorHTTPServer((host, port), fleet, api_key)
     threading.Thread(
@@ -859,14 +984,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     from exporter.units import parse_duration
 
     parser = argparse.ArgumentParser(
-        prog="letta-environments-simulator", description="A simulated Letta Environments API."
+        prog="letta-environments-simulator",
+        description="A simulated Letta Environments API: a synthetic fleet, and the platform "
+        "side (registration, relay) that real Letta Code listeners connect to.",
     )
-    parser.add_argument("--web.listen-address", dest="listen", default="127.0.0.1:8378")
-    parser.add_argument("--fleet-size", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        default="127.0.0.1:8378",
+        help="host:port of the API and the relay (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fleet-size",
+        type=int,
+        default=200,
+        help="synthetic environments; 0 lists only the listeners that register (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=1, help="seed of the synthetic fleet (default: %(default)s)"
+    )
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any)")
-    parser.add_argument("--heartbeat-interval", default="30s")
-    parser.add_argument("--max-page-size", type=int, default=1000)
+    parser.add_argument(
+        "--heartbeat-interval",
+        default="30s",
+        help="how often synthetic machines heartbeat and the relay pings (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-page-size",
+        type=int,
+        default=1000,
+        help="most rows a list page holds, whatever `limit` asks (default: %(default)s)",
+    )
     parser.add_argument(
         "--lease-timeout",
         default=None,
@@ -881,9 +1030,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-churn",
         dest="churn",
         action="store_false",
-        help="keep every environment's state fixed",
+        help="keep every synthetic environment's state fixed",
+    )
+    parser.add_argument(
+        "--reregister",
+        choices=[rule.value for rule in ReRegistration],
+        default=ReRegistration.SAME_ROW.value,
+        help="what a listener registering again under the same device and name gets: its "
+        "row again, or a new row (the real platform's rule is not documented; default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=["debug", "info", "warn", "error"],
+        default="info",
+        help="registrations and relay connections are logged at info (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper().replace("WARN", "WARNING"),
+        format="ts=%(asctime)s level=%(levelname)s msg=%(message)r",
+        stream=sys.stderr,
+    )
     host, _, port = args.listen.rpartition(":")
     try:
         interval = parse_duration(args.heartbeat_interval)
@@ -900,6 +1069,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_page_size=args.max_page_size,
             lease_timeout=lease,
             row_ttl=ttl,
+            reregistration=ReRegistration(args.reregister),
         )
     except (ValueError, OSError) as exc:
         print(f"letta-environments-simulator: error: {exc}", file=sys.stderr)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-0123456789"
+# An exposition line that says both registries answered the one lookup so far.
+LOOKED_UP = 'letta_exporter_release_lookups_total{{registry="{}",result="success"}} 1.0'
 TIME_TO_KNOW: list[str] = []  # what the end-to-end alerting test measured, for the summary
 
 
@@ -130,7 +132,8 @@ def exporter_process(
     port = free_port()
     full_env = {**os.environ, "LETTA_API_KEY": API_KEY, **(env or {})}
     if not any(arg.startswith(("--version.", "--no-version.", "--demo")) for arg in args):
-        args = ("--no-version.registry", *args)  # the test suite never reaches the internet
+        # The test suite never reaches the internet.
+        args = ("--no-version.registry", "--no-version.pypi", *args)
     log_dir = Path(tempfile.mkdtemp(prefix="letta-exporter-log-"))
     log_path = log_dir / "exporter.log"
     with open(log_path, "wb") as log_file:

@@ -20,7 +20,7 @@ from exporter.config import load_config
 from exporter.errors import ConfigError
 from exporter.units import format_duration, parse_duration, parse_size
 from letta_simulator import LATEST_RELEASE, SimulatorHTTPServer
-from tests.conftest import API_KEY, ROOT, exporter_process, require_tool, wait_until
+from tests.conftest import API_KEY, LOOKED_UP, ROOT, exporter_process, require_tool, wait_until
 from tests.fleet import served_value
 
 LATEST_INFO = (
@@ -252,6 +252,7 @@ def test_once_prints_the_exposition_and_it_passes_promtool(simulator: SimulatorH
         f"--letta.base-url={simulator.url}",
         "--letta.page-size=7",
         f"--version.registry-url={simulator.url}/_registry",
+        f"--version.pypi-url={simulator.url}/_pypi",
         env={"LETTA_API_KEY": API_KEY},
     )
     assert result.returncode == 0, result.stderr
@@ -280,6 +281,7 @@ def test_once_fails_clearly_with_a_wrong_key(simulator: SimulatorHTTPServer) -> 
         "--once",
         f"--letta.base-url={simulator.url}",
         "--no-version.registry",
+        "--no-version.pypi",
         env={"LETTA_API_KEY": "wrong-key-xyz"},
     )
     assert result.returncode == 1 and result.stdout == ""
@@ -295,6 +297,7 @@ def test_the_real_cli_serves_every_family_from_the_simulator(
         "--letta.poll-interval=1s",
         "--letta.page-size=25",
         f"--version.registry-url={simulator.url}/_registry",
+        f"--version.pypi-url={simulator.url}/_pypi",
     ) as running:
         url = running.url
         text = httpx.get(f"{url}/metrics").text
@@ -314,7 +317,8 @@ def test_the_real_cli_serves_every_family_from_the_simulator(
 
         wait_until(lambda: polls() >= 3, 15, "three successful polls")
         assert LATEST_INFO in (text)
-        assert 'letta_exporter_release_lookups_total{result="success"} 1.0' in text
+        for registry in ("npm", "pypi"):
+            assert LOOKED_UP.format(registry) in text
         assert 'href="/metrics"' in httpx.get(f"{url}/").text
 
 

@@ -161,6 +161,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"--letta.online-threshold={ONLINE_THRESHOLD}s",
             # The simulator's registry document: release dates for the drift panels.
             f"--version.registry-url={simulator.url}/_registry",
+            f"--version.pypi-url={simulator.url}/_pypi",
         )
         # Two replicas polling the same organisation, as a highly available deployment runs.
         replicas = [resources.enter_context(exporter_process(*args)) for _ in range(2)]

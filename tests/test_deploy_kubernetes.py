@@ -140,6 +140,7 @@ def test_memory_figures_hold_for_the_stated_fleet_size() -> None:
             "--letta.poll-interval=2s",
             "--letta.poll-jitter=0s",
             f"--version.registry-url={server.url}/registry",
+            "--no-version.pypi",
             "--version.refresh-interval=2s",
             env={"LETTA_BASE_URL": server.url},
         ) as exporter:

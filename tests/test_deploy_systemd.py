@@ -23,7 +23,15 @@ import yaml
 
 from letta_simulator import SimulatorHTTPServer
 from tests.artifacts import UNIT_VENV, Artifacts
-from tests.conftest import API_KEY, ROOT, free_port, require_tool, stop_process, wait_until
+from tests.conftest import (
+    API_KEY,
+    LOOKED_UP,
+    ROOT,
+    free_port,
+    require_tool,
+    stop_process,
+    wait_until,
+)
 
 UNIT = ROOT / "deploy" / "systemd" / "letta-environments-exporter.service"
 EXAMPLE_CONFIG = ROOT / "deploy" / "systemd" / "config.yml"
@@ -257,6 +265,7 @@ def running_unit(
     document["letta"]["base-url"] = simulator.url
     document["web.listen-address"] = f"127.0.0.1:{port}"
     document["version.registry-url"] = f"{simulator.url}/_registry"
+    document["version.pypi-url"] = f"{simulator.url}/_pypi"
     config = work / "config.yml"
     config.write_text(yaml.safe_dump(document))
     journal_path = work / "journal.log"
@@ -321,7 +330,8 @@ def test_the_units_command_line_serves_the_fleet(
         body = wait_for_fleet(run)
     journal = run.journal.read_text()
     assert run.process.returncode == 0, f"exit {run.process.returncode} on SIGTERM:\n{journal}"
-    assert 'letta_exporter_release_lookups_total{result="success"} 1.0' in body
+    for registry in ("npm", "pypi"):
+        assert LOOKED_UP.format(registry) in body
     assert "process_start_time_seconds" in body, "ProcSubset=pid would take these away"
     assert API_KEY not in journal
 

@@ -147,3 +147,13 @@ def test_the_cli_alone_starts_the_simulator_and_only_for_the_demo() -> None:
                 assert module == "cli" and not top_level, (
                     f"exporter/{module}.py:{node.lineno} imports the simulator"
                 )
+
+
+def test_the_server_reaches_no_http_client() -> None:
+    """What serves scrapes never imports what polls: not the client, not the registry lookup,
+    not httpx."""
+    reached = _closure("server") | {"server"}
+    assert not reached & {"client", "release_lookup", "poller"}, sorted(reached)
+    for local in reached:
+        libraries = {name.split(".")[0] for name, _, _ in _imports(local)}
+        assert "httpx" not in libraries, f"the server reaches {local}, which imports httpx"

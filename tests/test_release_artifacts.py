@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from exporter import __version__
 from letta_simulator import SimulatorHTTPServer
 from tests.artifacts import Artifacts, outside_environment, source_files
-from tests.conftest import API_KEY, ROOT
+from tests.conftest import API_KEY, LOOKED_UP, ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -192,6 +192,7 @@ def test_once_polls_the_simulator_and_prints_the_exposition(
         artifacts,
         "--once",
         f"--version.registry-url={simulator.url}/_registry",
+        f"--version.pypi-url={simulator.url}/_pypi",
         cwd=tmp_path,
         LETTA_API_KEY=API_KEY,
         LETTA_BASE_URL=simulator.url,
@@ -202,4 +203,5 @@ def test_once_polls_the_simulator_and_prints_the_exposition(
     assert sum(float(line.rsplit(" ", 1)[1]) for line in fleet) == 60, fleet
     assert 'letta_exporter_polls_total{result="success"} 1.0' in lines
     assert f'letta_exporter_build_info{{version="{VERSION}"}} 1.0' in lines
-    assert 'letta_exporter_release_lookups_total{result="success"} 1.0' in lines
+    for registry in ("npm", "pypi"):
+        assert LOOKED_UP.format(registry) in lines

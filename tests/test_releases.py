@@ -37,6 +37,13 @@ from tests.fleet import (
 )
 
 PACKAGE = "@letta-ai/letta-code"
+LAST_LOOKUP = "letta_exporter_release_last_success_timestamp_seconds"
+
+
+def npm_lookups(metrics: ExporterMetrics, result: str) -> float:
+    return metric_value(
+        metrics, "letta_exporter_release_lookups_total", registry="npm", result=result
+    )
 
 
 class FakeRegistry(ThreadingHTTPServer):
@@ -112,7 +119,7 @@ def registry() -> Iterator[FakeRegistry]:
 
 def _lookup(registry: FakeRegistry, metrics: ExporterMetrics) -> ReleaseLookup:
     config = make_config(version_registry_url=registry.url, version_registry_timeout=2.0)
-    return ReleaseLookup(config.lookup_settings(), observe=metrics.observe_release_lookup)
+    return ReleaseLookup(config.lookup_settings()[0], observe=metrics.observe_release_lookup)
 
 
 def test_lookup_reads_latest_and_release_dates(registry: FakeRegistry) -> None:
@@ -127,8 +134,18 @@ def test_lookup_reads_latest_and_release_dates(registry: FakeRegistry) -> None:
     published = lookup.current.published
     assert published["1.4.2"] == 1_795_168_800.0 and published["1.3.0"] == 1_790_812_800.0
     assert "created" not in published and "0.9.0" not in published  # odd dates are skipped
-    assert metric_value(metrics, "letta_exporter_release_lookups_total", result="success") == 1
-    assert metric_value(metrics, "letta_exporter_release_last_success_timestamp_seconds") > 0
+    assert (
+        metric_value(
+            metrics, "letta_exporter_release_lookups_total", registry="npm", result="success"
+        )
+        == 1
+    )
+    assert (
+        metric_value(
+            metrics, "letta_exporter_release_last_success_timestamp_seconds", registry="npm"
+        )
+        > 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -165,8 +182,8 @@ def test_a_failed_lookup_keeps_the_last_good_answer_and_is_counted(
     finally:
         lookup.close()
     assert lookup.current is good
-    assert metric_value(metrics, "letta_exporter_release_lookups_total", result=result) == 2
-    assert len([r for r in caplog.records if "release lookup failed" in r.getMessage()]) == 1
+    assert npm_lookups(metrics, result) == 2
+    assert len([r for r in caplog.records if "release lookup in npm failed" in r.getMessage()]) == 1
 
 
 def test_a_redirect_is_followed_without_reading_its_body(registry: FakeRegistry) -> None:
@@ -187,7 +204,7 @@ def test_an_unreachable_registry_is_a_connection_error() -> None:
 
     metrics = ExporterMetrics(60, process=False)
     lookup = ReleaseLookup(
-        make_config(version_registry_url=f"http://127.0.0.1:{free_port()}").lookup_settings(),
+        make_config(version_registry_url=f"http://127.0.0.1:{free_port()}").lookup_settings()[0],
         observe=metrics.observe_release_lookup,
     )
     try:
@@ -196,14 +213,19 @@ def test_an_unreachable_registry_is_a_connection_error() -> None:
         lookup.close()
     assert lookup.current is None
     assert (
-        metric_value(metrics, "letta_exporter_release_lookups_total", result="connection_error")
+        metric_value(
+            metrics,
+            "letta_exporter_release_lookups_total",
+            registry="npm",
+            result="connection_error",
+        )
         == 1
     )
 
 
 def test_the_simulator_serves_a_registry_document(simulator: SimulatorHTTPServer) -> None:
     lookup = ReleaseLookup(
-        make_config(version_registry_url=f"{simulator.url}/_registry").lookup_settings()
+        make_config(version_registry_url=f"{simulator.url}/_registry").lookup_settings()[0]
     )
     try:
         assert lookup.refresh()

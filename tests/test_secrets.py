@@ -44,6 +44,7 @@ def _run_once(*args: str, key: str = KEY) -> subprocess.CompletedProcess[str]:
             "--once",
             "--log.level=debug",
             "--no-version.registry",  # the test suite never reaches the internet
+            "--no-version.pypi",
             *args,
         ],
         env={**base, "LETTA_API_KEY": key},
