@@ -760,10 +760,10 @@ class SimulatedFleet:
         return 200, {}, body
 
 
-def pypi_project(name: str) -> dict[str, Any]:
+def pypi_project(name: str, latest: str = LATEST_RELEASE) -> dict[str, Any]:
     """PyPI's JSON document of Letta Code's releases (`/pypi/NAME/json`), one wheel each."""
     return {
-        "info": {"name": name, "version": LATEST_RELEASE},
+        "info": {"name": name, "version": latest},
         "releases": {
             version: [{"upload_time_iso_8601": stamp, "yanked": False}]
             for version, stamp in RELEASES.items()
@@ -784,6 +784,8 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
     ) -> None:
         self.fleet = fleet
         self.api_key = api_key
+        # What each registry calls the newest release; the two channels need not agree.
+        self.latest = {"npm": LATEST_RELEASE, "pypi": LATEST_RELEASE}
         self.relay = Relay(
             fleet.listeners,
             ping_interval=fleet.heartbeat_interval,
@@ -820,13 +822,13 @@ class SimulatorHandler(BaseHTTPRequestHandler):
                 200,
                 {
                     "name": unquote(parts.path.removeprefix("/_registry/")),
-                    "dist-tags": {"latest": LATEST_RELEASE, "next": NEXT_RELEASE},
+                    "dist-tags": {"latest": self.server.latest["npm"], "next": NEXT_RELEASE},
                     "time": {"created": "2026-01-05T10:00:00.000Z", **RELEASES},
                 },
             )
             return
         if parts.path.startswith("/_pypi/pypi/") and parts.path.endswith("/json"):
-            self._json(200, pypi_project(parts.path.split("/")[3]))
+            self._json(200, pypi_project(parts.path.split("/")[3], self.server.latest["pypi"]))
             return
         if parts.path == "/_simulator/state":
             self._json(200, self.server.fleet.state_counts())

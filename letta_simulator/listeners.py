@@ -54,7 +54,8 @@ class Listener:
     first_seen: float
     registered: float
     connection_id: str
-    """The connection id of the newest registration: the one the relay accepts."""
+    """The connection id of the newest registration: the one the relay accepts (empty once
+    a newer row replaced this one)."""
     connected_at: float | None = None
     """When the socket holding the lease opened; None while no socket holds it."""
     last_heartbeat: float | None = None
@@ -123,8 +124,8 @@ class ListenerRegistry:
                     registered=now,
                     connection_id=connection_id,
                 )
-                for old in same:  # a newer row replaces them: their leases end
-                    self._rows[old.id] = replace(old, connected_at=None)
+                for old in same:  # a newer row replaces them: their leases and connections end
+                    self._rows[old.id] = replace(old, connected_at=None, connection_id="")
             self._rows[row.id] = row
             return row
 
@@ -134,7 +135,7 @@ class ListenerRegistry:
         now = self.clock()
         with self._lock:
             for row in self._rows.values():
-                if row.connection_id == connection_id:
+                if connection_id and row.connection_id == connection_id:
                     row = replace(row, connected_at=now, last_heartbeat=now)
                     self._rows[row.id] = row
                     return row
@@ -146,6 +147,10 @@ class ListenerRegistry:
         with self._lock:
             for row in self._rows.values():
                 if row.connection_id == connection_id and row.connected_at is not None:
+                    beat = row.last_heartbeat if row.last_heartbeat is not None else now
+                    if now - beat > self.lease_timeout:  # too late: the lease was lost
+                        self._rows[row.id] = replace(row, connected_at=None)
+                        return False
                     self._rows[row.id] = replace(row, last_heartbeat=now)
                     return True
         return False

@@ -700,7 +700,8 @@ HOSTILE = [
         "registry bomb: an npm document that inflates to 1 GiB",
         "gzip_bomb",
         ("letta_exporter_release_lookups_total", "invalid_response"),
-        r"release lookup in npm failed \(invalid_response\): the document inflates to more than 16MiB "
+        r"release lookup in npm failed \(invalid_response\): the document inflates to more "
+        r"than 16MiB "
         rf"\(--version.max-response-size=16MiB\); keeping {re.escape(LATEST_RELEASE)}",
         args=("--version.refresh-interval=1s",),
         registry=True,
