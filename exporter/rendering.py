@@ -94,7 +94,8 @@ def latest_version_family(current: CurrentVersion | None) -> str:
         "letta_environments_latest_version_info",
         "gauge",
         "The Letta Code version counted as current, valued 1; source is pinned (operator), "
-        f"registry (npm latest) or observed (newest release in the fleet). {CACHED}",
+        "registry (npm latest), pypi (PyPI's newest, when newer than npm's) or observed (newest "
+        f"release in the fleet). {CACHED}",
         samples,
     )
 
@@ -292,7 +293,7 @@ def release_timestamp_family(views: list[EnvironmentView], releases: ReleaseInfo
         "letta_code_release_timestamp_seconds",
         "gauge",
         "When each Letta Code version present in the fleet was published, from the npm "
-        f"registry. {CACHED}",
+        f"registry and PyPI (the earlier of the two). {CACHED}",
         (("", labels((("version", version),)), published[version]) for version in present),
     )
 

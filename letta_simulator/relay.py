@@ -28,10 +28,12 @@ from websockets.server import ServerProtocol
 from letta_simulator.listeners import ListenerRegistry
 
 log = logging.getLogger(__name__)
+# The protocol's own log: its debug lines carry the handshake's headers, the API key among them.
+_protocol_log = logging.getLogger(f"{__name__}.protocol")
+_protocol_log.setLevel(logging.WARNING)
 
 RELAY_PATH = "/v1/environments/relay"
 _MAX_FRAME = 1 << 20  # a listener's frames are small JSON; a larger one closes the socket
-_TICK = 0.05  # the longest the relay waits on its socket before it looks at the clock again
 _PONG = json.dumps({"type": "pong"})
 
 
@@ -49,7 +51,7 @@ class Relay:
     ) -> None:
         """Answer the upgrade request already read from ``sock``, then hold the socket until it
         closes, falls silent or the simulator stops."""
-        protocol = ServerProtocol(max_size=_MAX_FRAME)
+        protocol = ServerProtocol(max_size=_MAX_FRAME, logger=_protocol_log)
         # The protocol parses the handshake itself before any frame: hand it the request as sent.
         head = "".join(f"{name}: {value}\r\n" for name, value in headers)
         protocol.receive_data(f"GET {path} HTTP/1.1\r\n{head}\r\n".encode("latin-1"))
@@ -79,7 +81,9 @@ class Relay:
         self._closing.set()
 
     def _hold(self, sock: socket.socket, protocol: ServerProtocol, connection_id: str) -> None:
-        sock.settimeout(_TICK)
+        # How long it waits on its socket before it looks at the clock again: a twentieth of
+        # its shortest timing, between 50 ms and half a second (a stop waits for one tick).
+        sock.settimeout(min(0.5, max(0.05, min(self.ping_interval, self.lease_timeout) / 20)))
         last_ping = last_heard = time.monotonic()
         while protocol.state is State.OPEN and not self._closing.is_set():
             now = time.monotonic()
@@ -107,8 +111,10 @@ class Relay:
                     last_heard = time.monotonic()
                     if not self.registry.heartbeat(connection_id):
                         protocol.send_close(1001, "lease timed out")
-                if frame.opcode is Opcode.TEXT and _is_ping(bytes(frame.data)):
-                    protocol.send_text(_PONG.encode())
+                if frame.opcode is Opcode.TEXT:
+                    log.debug("relay: %s sent %.200r", connection_id, bytes(frame.data))
+                    if _is_ping(bytes(frame.data)):
+                        protocol.send_text(_PONG.encode())
             _flush(sock, protocol)
             if not data:
                 return

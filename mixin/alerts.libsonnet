@@ -117,7 +117,7 @@
           },
           "annotations": {
             "summary": "Many connected environments run an outdated Letta Code version.",
-            "description": "{{ $value | humanizePercentage }} of the connected environments of {{ $labels.job }} run a Letta Code version older than the current release (letta_environments_latest_version_info: pinned, npm registry or newest seen) (threshold 50%); letta_environments_upgradable says how many can upgrade themselves.",
+            "description": "{{ $value | humanizePercentage }} of the connected environments of {{ $labels.job }} run a Letta Code version older than the current release (letta_environments_latest_version_info: pinned, the newest of npm and PyPI, or newest seen) (threshold 50%); letta_environments_upgradable says how many can upgrade themselves.",
             "runbook_url": ($._config.runbook_base_url + "#lettaenvironmentsversiondrift"),
           },
         }] else [],

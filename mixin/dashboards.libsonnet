@@ -1294,7 +1294,7 @@
             },
           ],
           "title": "Current version",
-          "description": "The version counted as current and its source: `pinned` (--version.target), `registry` (npm latest of @letta-ai/letta-code) or `observed` (the newest release seen in the fleet).",
+          "description": "The version counted as current and its source: `pinned` (--version.target), `registry` (npm latest of @letta-ai/letta-code), `pypi` (PyPI's newest `letta`, when newer than npm's) or `observed` (the newest release seen in the fleet).",
           "datasource": {
             "type": "prometheus",
             "uid": "${datasource}",
@@ -1849,7 +1849,7 @@
             },
           ],
           "title": "Age of the versions in use",
-          "description": "For each Letta Code version connected environments run: how long ago it was published, from the npm registry's release dates.",
+          "description": "For each Letta Code version connected environments run: how long ago it was published, from the release dates of the npm registry and PyPI.",
           "datasource": {
             "type": "prometheus",
             "uid": "${datasource}",

@@ -525,8 +525,8 @@ def fleet_overview(bundle: Bundle) -> Any:
         stat_panel(
             "Current version",
             "The version counted as current and its source: `pinned` (--version.target), "
-            "`registry` (npm latest of @letta-ai/letta-code) or `observed` (the newest release "
-            "seen in the fleet).",
+            "`registry` (npm latest of @letta-ai/letta-code), `pypi` (PyPI's newest `letta`, "
+            "when newer than npm's) or `observed` (the newest release seen in the fleet).",
             "none",
             query(
                 f"max by (version, source) ({s.select('letta_environments_latest_version_info')})",
@@ -624,7 +624,7 @@ def fleet_overview(bundle: Bundle) -> Any:
         bars(
             "Age of the versions in use",
             "For each Letta Code version connected environments run: how long ago it was "
-            "published, from the npm registry's release dates.",
+            "published, from the release dates of the npm registry and PyPI.",
             "s",
             query(
                 "max by (version) (\n  time() - "

@@ -312,7 +312,8 @@ def _version_drift(s: Settings, p: Mapping[str, Any]) -> Alert:
         "Many connected environments run an outdated Letta Code version.",
         "{{ $value | humanizePercentage }} of the connected environments of {{ $labels.job }} "
         "run a Letta Code version older than the current release "
-        "(letta_environments_latest_version_info: pinned, npm registry or newest seen) "
+        "(letta_environments_latest_version_info: pinned, the newest of npm and PyPI, or "
+        "newest seen) "
         f"(threshold {_percent(p['ratio'])}); "
         "letta_environments_upgradable says how many can upgrade themselves.",
     )
