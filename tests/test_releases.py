@@ -7,7 +7,9 @@ import logging
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -17,12 +19,13 @@ from exporter.fleet import (
     ReleaseInfo,
     behind,
     current_version,
+    newest_release,
     node_major,
     parse_version,
     upgrade_blocker,
     view,
 )
-from exporter.release_lookup import ReleaseLookup, parse_packument
+from exporter.release_lookup import ReleaseLookup, parse_packument, parse_pypi_project
 from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from letta_simulator import LATEST_RELEASE, RELEASES, SimulatorHTTPServer
@@ -233,6 +236,98 @@ def test_the_simulator_serves_a_registry_document(simulator: SimulatorHTTPServer
         lookup.close()
     assert lookup.current is not None and lookup.current.latest == LATEST_RELEASE
     assert set(lookup.current.published) == set(RELEASES)
+
+
+def test_the_simulator_serves_a_pypi_document_and_each_registry_gets_its_own_path(
+    simulator: SimulatorHTTPServer,
+) -> None:
+    config = make_config(
+        version_registry_url=f"{simulator.url}/_registry",
+        version_pypi_url=f"{simulator.url}/_pypi",
+    )
+    npm, pypi = config.lookup_settings()
+    assert (npm.registry, pypi.registry) == ("npm", "pypi")
+    assert pypi.document_url == f"{simulator.url}/_pypi/pypi/letta/json"
+    simulator.latest["pypi"] = "0.34.13-next.1"  # a channel may call a pre-release its newest
+    metrics = ExporterMetrics(60, process=False)
+    lookup = ReleaseLookup(pypi, observe=metrics.observe_release_lookup)
+    try:
+        assert lookup.refresh()
+    finally:
+        lookup.close()
+    assert lookup.current is not None
+    assert (lookup.current.latest, lookup.current.source) == ("0.34.13-next.1", "pypi")
+    assert set(lookup.current.published) == set(RELEASES)
+    name = "letta_exporter_release_lookups_total"
+    assert metric_value(metrics, name, registry="pypi", result="success") == 1
+    assert metric_value(metrics, name, registry="npm", result="success") == 0
+
+
+def test_which_registries_are_asked() -> None:
+    assert [s.registry for s in make_config().lookup_settings()] == ["npm", "pypi"]
+    assert [s.registry for s in make_config(version_pypi=False).lookup_settings()] == ["npm"]
+    assert [s.registry for s in make_config(version_registry=False).lookup_settings()] == ["pypi"]
+    assert make_config(version_target="0.34.12").lookup_settings() == ()
+
+
+def test_pypi_documents_read_the_first_upload_and_skip_yanked_files() -> None:
+    body = json.dumps(
+        {
+            "info": {"version": "0.34.12", "summary": "Letta Code"},
+            "releases": {
+                "0.34.12": [
+                    {"upload_time_iso_8601": "2026-10-12T20:47:52.141521Z", "yanked": False},
+                    {"upload_time_iso_8601": "2026-10-12T20:40:00.000000Z", "yanked": False},
+                ],
+                "0.34.11": [{"upload_time_iso_8601": "2026-10-10T00:00:00Z", "yanked": True}],
+                "0.34.10": [{"upload_time_iso_8601": "not a date"}],
+                "0.16.8": [],
+            },
+        }
+    ).encode()
+    info = parse_pypi_project(body, fetched_at=5.0)
+    assert (info.latest, info.source, info.fetched_at) == ("0.34.12", "pypi", 5.0)
+    assert dict(info.published) == {"0.34.12": 1_791_837_600.0}
+    for bad in (b"[]", b'{"releases": {}}', b'{"info": {"version": ""}}', b"<html>"):
+        with pytest.raises(ValueError, match=r"PyPI|version"):
+            parse_pypi_project(bad, fetched_at=0)
+
+
+def test_the_newest_release_of_both_channels_counts() -> None:
+    npm = ReleaseInfo(
+        latest="0.32.18",
+        published=MappingProxyType({"0.32.18": 100.0, "0.34.12": 300.0}),
+        fetched_at=1.0,
+        source="registry",
+    )
+    pypi = ReleaseInfo(
+        latest="0.34.12",
+        published=MappingProxyType({"0.34.12": 200.0, "0.33.8": 150.0}),
+        fetched_at=2.0,
+        source="pypi",
+    )
+    for order in ((npm, pypi), (pypi, npm), (None, npm, pypi)):
+        newest = newest_release(order)
+        assert newest is not None and (newest.latest, newest.source) == ("0.34.12", "pypi")
+        # Each version's first publication in either registry; the latest lookup's time.
+        assert dict(newest.published) == {"0.32.18": 100.0, "0.34.12": 200.0, "0.33.8": 150.0}
+        assert newest.fetched_at == 2.0
+    same = replace(pypi, latest="0.32.18")
+    tie = newest_release((npm, same))
+    assert tie is not None and tie.source == "registry"  # a tie: the first given, npm
+    odd = newest_release((replace(npm, latest="garbage"), pypi))
+    assert odd is not None and odd.source == "pypi"  # an unparsable answer never wins
+    assert newest_release((npm, replace(pypi, latest="garbage"))) is not None
+    assert newest_release((None, None)) is None
+    # With the fleet of the real clients (0.34.12 and 0.33.8): npm alone counts 0.33.8 current.
+    views = view(fixture_snapshot(), 120)
+    newest = newest_release((npm, pypi))
+    assert newest is not None
+    current = current_version(views, None, newest)
+    assert current is not None and (current.version, current.source) == ("0.34.12", "pypi")
+    assert behind("0.33.8", current) == "minor"
+    npm_only = current_version(views, None, npm)
+    assert npm_only is not None and behind("0.33.8", npm_only) is None
 
 
 def _current(version: str, source: str = "registry") -> CurrentVersion:
