@@ -22,6 +22,8 @@ MiB = 1024 * 1024
 BOMB_INFLATED = 1024 * MiB
 LIST_HEAD = b'{"connections": ['
 LIST_TAIL = b'], "hasNextPage": false}'
+PACKUMENT_HEAD = b'{"dist-tags": {"latest": "9.9.9"}, "x": "'
+PACKUMENT_TAIL = b'"}'
 
 
 @functools.cache
@@ -34,6 +36,14 @@ def gzip_bomb(head: bytes = LIST_HEAD, tail: bytes = LIST_TAIL) -> bytes:
         parts.append(compressor.compress(block))
     parts.append(compressor.compress(tail) + compressor.flush())
     return b"".join(parts)
+
+
+def prepare(mode: str) -> None:
+    """Make the costly answers of ``mode`` before a poll asks: compressing the bombs takes
+    seconds of CPU, which a poll's deadline must not pay for."""
+    if mode == "gzip_bomb":
+        gzip_bomb()
+        gzip_bomb(PACKUMENT_HEAD, PACKUMENT_TAIL)
 
 
 def packument(latest: str = LATEST_RELEASE) -> bytes:
@@ -91,9 +101,7 @@ class HostileHandler(BaseHTTPRequestHandler):
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         if parts.path.startswith("/registry/"):
             if self.server.registry_mode == "gzip_bomb":
-                self._send(
-                    gzip_bomb(b'{"dist-tags": {"latest": "9.9.9"}, "x": "', b'"}'), gzip=True
-                )
+                self._send(gzip_bomb(PACKUMENT_HEAD, PACKUMENT_TAIL), gzip=True)
             else:
                 self._send(packument())
             return

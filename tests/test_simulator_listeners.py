@@ -102,7 +102,7 @@ def test_the_socket_holds_the_lease_answers_pings_and_closing_it_clears_the_leas
 ) -> None:
     answer = register(platform, "box-2")
     with connect(answer["wsUrl"], additional_headers=AUTH) as ws:
-        row = wait_until(lambda: row_of(platform, "box-2")["connectionId"], 5, "the lease")
+        row = wait_until(lambda: row_of(platform, "box-2")["connectionId"], 10, "the lease")
         assert row == answer["connectionId"]
         ws.send(json.dumps({"type": "ping"}))
         assert json.loads(ws.recv(timeout=5)) == {"type": "pong"}
@@ -114,7 +114,7 @@ def test_the_socket_holds_the_lease_answers_pings_and_closing_it_clears_the_leas
             "a newer heartbeat",
         )
         assert row_of(platform, "box-2")["connectedAt"] == leased["connectedAt"]
-    wait_until(lambda: row_of(platform, "box-2")["connectionId"] is None, 2, "the lease cleared")
+    wait_until(lambda: row_of(platform, "box-2")["connectionId"] is None, 10, "the lease cleared")
 
 
 @pytest.mark.parametrize(
@@ -149,10 +149,10 @@ def test_a_silent_socket_loses_its_lease_after_the_timeout(platform: SimulatorHT
             ).encode()
         )
         assert sock.recv(12) == b"HTTP/1.1 101"
-        leased = wait_until(lambda: row_of(platform, "box-4")["connectedAt"], 5, "the lease")
-        silent_since = time.monotonic()
+        leased = wait_until(lambda: row_of(platform, "box-4")["connectedAt"], 10, "the lease")
         wait_until(lambda: row_of(platform, "box-4")["connectionId"] is None, 10, "lease cleared")
-        assert time.monotonic() - silent_since >= LEASE_TIMEOUT - 0.3
+        # Not before the timeout: the lease began at `connectedAt`, its only heartbeat.
+        assert time.time() - leased / 1000 >= LEASE_TIMEOUT
         assert row_of(platform, "box-4")["lastHeartbeat"] == leased  # it never beat again
         sock.settimeout(5)
         received = b""
