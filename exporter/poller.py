@@ -21,7 +21,7 @@ from exporter.fleet import ReleaseInfo
 from exporter.rendering import RenderOptions, render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.snapshot import SnapshotBuilder
-from exporter.store import GZIP_LEVEL, GzipPrefix, PublishedFleet, Store
+from exporter.store import GZIP_LEVEL, GzipPrefix, PublishedExposition, Store
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Poller:
         log.debug("poll succeeded: %d environments in %.3fs", fleet.environments, duration)
         return True
 
-    def _fetch(self, deadline: float) -> PublishedFleet:
+    def _fetch(self, deadline: float) -> PublishedExposition:
         builder = SnapshotBuilder()
         first_invalid = None
         for fetched in self._client.iter_pages(deadline):
@@ -188,7 +188,7 @@ class Poller:
         # The snapshot is not kept, and is let go before compressing: scrapes need only bytes.
         del snapshot
         builder.discard()
-        return PublishedFleet(
+        return PublishedExposition(
             plain=rendered.text,
             gzipped=GzipPrefix(rendered.text, GZIP_LEVEL),
             environments=rendered.environments,

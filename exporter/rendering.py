@@ -58,7 +58,7 @@ class RenderOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class RenderedFleet:
+class FleetExposition:
     """The rendered fleet families and what rendering them found."""
 
     text: bytes
@@ -446,7 +446,7 @@ def _info_tail(v: EnvironmentView, with_directory: bool, with_branch: bool) -> s
 
 def render_fleet(
     snapshot: FleetSnapshot, options: RenderOptions, releases: ReleaseInfo | None = None
-) -> RenderedFleet:
+) -> FleetExposition:
     """All fleet families of one snapshot (and the registry's answer) as exposition text."""
     views = view(snapshot, options.online_threshold)
     current = current_version(views, options.version_target, releases)
@@ -476,6 +476,6 @@ def render_fleet(
         free_in_batches(kept)
     environments = len(views)
     free_in_batches(views)
-    return RenderedFleet(
+    return FleetExposition(
         text=out.getvalue(), environments=environments, dropped_environments=dropped
     )

@@ -44,7 +44,7 @@ def gzip_member(data: bytes) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class PublishedFleet:
+class PublishedExposition:
     """What a scrape serves of the fleet: bytes rendered once, plain and gzip-ready."""
 
     plain: bytes
@@ -58,20 +58,20 @@ class Store:
     """The current published fleet; replaced by one reference swap, read without locks."""
 
     def __init__(self) -> None:
-        self._fleet: PublishedFleet | None = None
+        self._fleet: PublishedExposition | None = None
 
     @property
-    def fleet(self) -> PublishedFleet | None:
+    def fleet(self) -> PublishedExposition | None:
         return self._fleet
 
-    def publish(self, fleet: PublishedFleet) -> None:
+    def publish(self, fleet: PublishedExposition) -> None:
         self._fleet = fleet
 
     @property
     def ready(self) -> bool:
         return self._fleet is not None
 
-    def fresh_fleet(self, max_age: float, now: float) -> PublishedFleet | None:
+    def fresh_fleet(self, max_age: float, now: float) -> PublishedExposition | None:
         """The fleet, unless it is older than ``max_age`` (then it is withdrawn)."""
         fleet = self._fleet
         if fleet is None or now - fleet.published_monotonic > max_age:

@@ -27,7 +27,7 @@ from bench.procs import memory_of
 from exporter.client import EnvironmentsClient
 from exporter.poller import Poller
 from exporter.selfmetrics import ExporterMetrics
-from exporter.store import PublishedFleet, Store
+from exporter.store import PublishedExposition, Store
 from letta_simulator import LATEST_RELEASE, SimulatedFleet, SimulatorHTTPServer
 from tests.conftest import API_KEY, exporter_process, free_port, make_config, wait_until
 from tests.fleet import served_value
@@ -82,7 +82,7 @@ class Fleet:
     heartbeats: dict[str, float]
 
     @classmethod
-    def of(cls, fleet: PublishedFleet | None) -> Fleet:
+    def of(cls, fleet: PublishedExposition | None) -> Fleet:
         assert fleet is not None
         states: Counter[str] = Counter()
         modes: Counter[str] = Counter()

@@ -101,7 +101,8 @@ def test_the_store_has_one_home() -> None:
         path.stem
         for path in PACKAGE.glob("*.py")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-        if isinstance(node, ast.ClassDef) and node.name in ("Store", "PublishedFleet", "GzipPrefix")
+        if isinstance(node, ast.ClassDef)
+        and node.name in ("Store", "PublishedExposition", "GzipPrefix")
     }
     assert homes == {"store"}
     for reader in ("poller", "server"):

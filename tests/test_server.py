@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.rendering import render_fleet
 from exporter.selfmetrics import ExporterMetrics
 from exporter.server import ExporterHTTPServer, serve_in_background
-from exporter.store import GzipPrefix, PublishedFleet, Store
+from exporter.store import GzipPrefix, PublishedExposition, Store
 from tests.conftest import render_options
 from tests.fleet import fixture_snapshot
 
@@ -50,7 +50,7 @@ def served() -> Iterator[tuple[str, Store, Clock]]:
 def _publish(state: Store, at: float) -> bytes:
     text = render_fleet(fixture_snapshot(), render_options()).text
     state.publish(
-        PublishedFleet(
+        PublishedExposition(
             plain=text,
             gzipped=GzipPrefix(text, 1),
             environments=8,
