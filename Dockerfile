@@ -4,9 +4,12 @@
 #     --build-arg REVISION="$(git rev-parse HEAD)" \
 #     --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
 # Both stages use python:3.11.14-slim-bookworm, pinned by tag and by the digest of its
-# multi-architecture index, so a re-pushed tag cannot change the build.
+# multi-architecture index, so a re-pushed tag cannot change the build. Where Docker Hub cannot
+# be reached, --build-arg PYTHON_IMAGE=... names another base with `python` and `pip` on PATH
+# (the test suite builds one from Debian's packages).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
+FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
@@ -15,7 +18,8 @@ COPY letta_simulator/ letta_simulator/
 # The project and every dependency as wheels: the runtime stage installs offline from them.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+FROM ${PYTHON_IMAGE}
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -25,8 +29,7 @@ LABEL org.opencontainers.image.title="letta-environments-exporter" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm" \
-      org.opencontainers.image.base.digest="sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d"
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # The wheels are bind-mounted from the builder, so they never become a layer of this image.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
@@ -36,7 +39,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     && pip install --no-cache-dir --no-index --find-links=/wheels /wheels/letta_environments_exporter-*.whl
 USER 10001:10001
 EXPOSE 8377
-# Standard library only (the slim image has neither curl nor wget); an error exits 1.
+# It asks /-/healthy where the exporter was told to listen (--web.listen-address, TLS and
+# basic auth from --web.config.file), read from the exporter's own command line in /proc.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-    CMD ["python", "-c", "import urllib.request as r; r.urlopen('http://127.0.0.1:8377/-/healthy', timeout=4)"]
+    CMD ["python", "-m", "exporter.healthcheck"]
 ENTRYPOINT ["letta-environments-exporter"]

@@ -32,6 +32,7 @@ API_KEY = "test-key-0123456789"
 # An exposition line that says both registries answered the one lookup so far.
 LOOKED_UP = 'letta_exporter_release_lookups_total{{registry="{}",result="success"}} 1.0'
 TIME_TO_KNOW: list[str] = []  # what the end-to-end alerting test measured, for the summary
+MEASURED: list[str] = []  # other figures a test measured, for the summary
 
 
 def pytest_configure(config: Any) -> None:
@@ -42,6 +43,8 @@ def pytest_configure(config: Any) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for line in TIME_TO_KNOW:
         terminalreporter.write_line(f"time to know: {line}")
+    for line in MEASURED:
+        terminalreporter.write_line(line)
 
 
 def require_tool(name: str, *alternatives: str) -> str:
@@ -126,9 +129,13 @@ class ExporterProcess:
 
 @contextmanager
 def exporter_process(
-    *args: str, env: dict[str, str] | None = None, ready: bool = True
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready: bool = True,
+    listen: str = "127.0.0.1:{port}",
 ) -> Iterator[ExporterProcess]:
-    """Run the real CLI (`python -m exporter`) on a free loopback port."""
+    """Run the real CLI (`python -m exporter`) on a free port, listening at ``listen`` (which
+    must include loopback); ``.url`` is on 127.0.0.1."""
     port = free_port()
     full_env = {**os.environ, "LETTA_API_KEY": API_KEY, **(env or {})}
     if not any(arg.startswith(("--version.", "--no-version.", "--demo")) for arg in args):
@@ -138,7 +145,13 @@ def exporter_process(
     log_path = log_dir / "exporter.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "exporter", f"--web.listen-address=127.0.0.1:{port}", *args],
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                f"--web.listen-address={listen.format(port=port)}",
+                *args,
+            ],
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,

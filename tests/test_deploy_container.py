@@ -1,8 +1,9 @@
-"""The container image, tested without a Docker engine.
+"""The Dockerfile, read and its steps run without a container engine (test_container_image.py
+builds and runs the image with podman).
 
 hadolint lints the Dockerfile; the builder's and the runtime stage's own commands run against a
-copy of the build context and a fresh virtualenv; the HEALTHCHECK's command runs against a live
-exporter, a closed port and a failing server.
+copy of the build context and a fresh virtualenv; the HEALTHCHECK's command runs against live
+exporters at several addresses, with TLS and basic auth, a closed port and a failing server.
 """
 
 from __future__ import annotations
@@ -24,11 +25,21 @@ from pathlib import Path
 from threading import Thread
 from typing import Any
 
+import bcrypt
+import httpx
 import pytest
 
 from exporter import __version__
 from exporter.config import DEFAULT_PORT
-from tests.conftest import ROOT, exporter_process, free_port, require_tool
+from tests.certs import make_pki
+from tests.conftest import (
+    ROOT,
+    exporter_process,
+    free_port,
+    require_tool,
+    stop_process,
+    wait_until,
+)
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -45,8 +56,9 @@ class Instruction:
 
 
 def parse_dockerfile(text: str) -> list[list[Instruction]]:
-    """Instructions grouped by stage, continuation lines joined, comments dropped."""
-    stages: list[list[Instruction]] = []
+    """Instructions grouped by stage, continuation lines joined, comments dropped; the first
+    group holds what comes before the first FROM (the global ARGs)."""
+    stages: list[list[Instruction]] = [[]]
     logical = ""
     for line in text.splitlines():
         if line.lstrip().startswith("#") or not line.strip():
@@ -63,7 +75,7 @@ def parse_dockerfile(text: str) -> list[list[Instruction]]:
     return stages
 
 
-STAGES = parse_dockerfile(DOCKERFILE.read_text())
+GLOBAL, *STAGES = parse_dockerfile(DOCKERFILE.read_text())
 BUILDER, RUNTIME = STAGES if len(STAGES) == 2 else (None, None)
 
 
@@ -112,7 +124,7 @@ def build_context_files() -> list[str]:
     files: list[str] = []
     for dirpath, dirnames, filenames in os.walk(ROOT):
         relative_dir = Path(dirpath).relative_to(ROOT).as_posix()
-        dirnames[:] = [d for d in dirnames if d not in (".git", ".venv")]
+        dirnames[:] = [d for d in dirnames if d not in (".git", ".venv", ".cache")]
         for name in filenames:
             path = name if relative_dir == "." else f"{relative_dir}/{name}"
             if not dockerignore_excludes(path, patterns):
@@ -161,15 +173,17 @@ def test_hadolint_fails_a_dockerfile_with_known_faults(tmp_path: Path) -> None:
 
 
 def test_both_stages_use_one_python_base_pinned_by_tag_and_digest() -> None:
+    """The base is a build argument (a stand-in where Docker Hub cannot be reached) whose
+    default is the pinned image; both stages use it, and the label names the one used."""
+    (argument,) = [i.arguments for i in GLOBAL if i.keyword == "ARG"]
+    name, _, default = argument.partition("=")
+    assert name == "PYTHON_IMAGE"
+    assert BASE_IMAGE.match(default), f"not python:3.11.N-slim-bookworm@sha256:...: {default}"
     bases = [only(s, "FROM").arguments for s in (stage(BUILDER), stage(RUNTIME))]
-    matches = [BASE_IMAGE.match(base) for base in bases]
-    assert all(matches), f"not python:3.11.N-slim-bookworm@sha256:...: {bases}"
-    assert matches[0] is not None and matches[1] is not None
-    assert matches[0].group("stage") == "builder"
-    assert matches[1].group("stage") is None
-    assert bases[0].split(" ")[0] == bases[1]
+    assert bases == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
+    assert "PYTHON_IMAGE" in [i.arguments for i in stage(RUNTIME) if i.keyword == "ARG"]
     labels = only(stage(RUNTIME), "LABEL").arguments
-    assert f'base.digest="sha256:{matches[1].group("digest")}"' in labels
+    assert 'base.name="${PYTHON_IMAGE}"' in labels
 
 
 def test_runtime_runs_the_console_script_as_a_numeric_non_root_user_on_the_default_port() -> None:
@@ -336,34 +350,77 @@ def test_runtime_install_is_the_project_at_its_version(installed_venv: Path) -> 
 # -- the HEALTHCHECK ------------------------------------------------------------------------------
 
 
-def healthcheck_argv(port: int) -> list[str]:
-    """The HEALTHCHECK's exec-form command, aimed at ``port`` and run by this interpreter."""
+def test_the_healthcheck_is_the_exporters_own() -> None:
     arguments = only(stage(RUNTIME), "HEALTHCHECK").arguments
     _, _, exec_form = arguments.partition(" CMD ")
-    argv: list[str] = json.loads(exec_form)
-    assert argv[0] == "python", argv
-    script = argv[-1]
-    assert f"http://127.0.0.1:{DEFAULT_PORT}/-/healthy" in script, script
-    return [sys.executable, *argv[1:-1], script.replace(f":{DEFAULT_PORT}/", f":{port}/")]
+    assert json.loads(exec_form) == ["python", "-m", "exporter.healthcheck"]
 
 
-def run_healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+def run_healthcheck(pid: int) -> subprocess.CompletedProcess[str]:
+    """The HEALTHCHECK's command, aimed at the exporter process ``pid``."""
     return subprocess.run(
-        healthcheck_argv(port), capture_output=True, text=True, check=False, timeout=30
+        [sys.executable, "-m", "exporter.healthcheck", str(pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        cwd=ROOT,
     )
 
 
-def test_healthcheck_passes_against_a_live_exporter() -> None:
-    with exporter_process("--demo", ready=False) as exporter:
-        port = int(exporter.url.rsplit(":", 1)[1])
-        result = run_healthcheck(port)
+@pytest.mark.parametrize("listen", ["127.0.0.1:{port}", "localhost:{port}", ":{port}"])
+def test_healthcheck_follows_the_exporters_listen_address(listen: str) -> None:
+    with exporter_process("--demo", ready=False, listen=listen) as running:
+        result = run_healthcheck(running.process.pid)
     assert result.returncode == 0, result.stderr
 
 
+def test_healthcheck_follows_tls_and_basic_auth(tmp_path: Path) -> None:
+    """The address and the web configuration in a config file, not in flags."""
+    pki = make_pki(tmp_path / "pki")
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    )
+    port = free_port()
+    config = tmp_path / "config.yml"
+    config.write_text(f"web.listen-address: 127.0.0.1:{port}\nweb.config.file: {web}\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--demo", f"--config.file={config}"],
+        env={**os.environ, "LETTA_API_KEY": "k"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        with httpx.Client(verify=pki.client_context()) as client:
+            wait_until(
+                lambda: client.get(f"https://127.0.0.1:{port}/-/healthy").status_code == 401,
+                20,
+                "the exporter to answer over https",
+            )
+        result = run_healthcheck(process.pid)
+        assert result.returncode == 0, result.stderr
+        stop_process(process)
+        stopped = run_healthcheck(os.getpid())  # nothing to ask any more
+        assert stopped.returncode == 1
+    finally:
+        stop_process(process)
+
+
 def test_healthcheck_fails_against_a_closed_port() -> None:
-    result = run_healthcheck(free_port())
-    assert result.returncode != 0
-    assert "Connection refused" in result.stderr
+    from exporter.healthcheck import check
+
+    problem = check([f"--web.listen-address=127.0.0.1:{free_port()}"], {"LETTA_API_KEY": "k"})
+    assert problem is not None and "Connection refused" in problem
+
+
+def test_healthcheck_fails_without_an_exporter_process() -> None:
+    result = run_healthcheck(os.getpid())
+    assert result.returncode == 1
+    assert "no exporter process" in result.stderr
 
 
 class _Failing(BaseHTTPRequestHandler):
@@ -388,6 +445,7 @@ def failing_server() -> Iterator[int]:
 
 
 def test_healthcheck_fails_when_the_endpoint_answers_an_error(failing_server: int) -> None:
-    result = run_healthcheck(failing_server)
-    assert result.returncode != 0
-    assert "503" in result.stderr
+    from exporter.healthcheck import check
+
+    problem = check([f"--web.listen-address=127.0.0.1:{failing_server}"], {"LETTA_API_KEY": "k"})
+    assert problem is not None and "HTTP 503" in problem

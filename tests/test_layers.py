@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("selfmetrics",),  # the exporter's own metrics
     ("poller", "server"),  # the job that owns upstream I/O; the scrape side
     ("config",),  # every option, and the few settings each part takes
-    ("cli",),  # the process: wiring, signals, run modes
+    ("cli", "healthcheck"),  # the process: wiring, signals, run modes; the container health check
     ("__main__",),
 )
 LAYER = {module: rank for rank, layer in enumerate(LAYERS) for module in layer}
