@@ -171,6 +171,16 @@ def exporter_process(
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A folder of the test's own for servers' files, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="letta-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     """The wheel and sdist `python -m build` makes, the wheel installed in a fresh virtualenv."""

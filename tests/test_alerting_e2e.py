@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -285,15 +283,6 @@ def flushed_after(am: Server, hooks: WebhookReceiver) -> None:
         "the marker alert, sent after the others",
         am,
     )
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="letta-alerting-e2e-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # --- the tests ----------------------------------------------------------------------------

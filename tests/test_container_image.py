@@ -112,6 +112,17 @@ def logs(name: str) -> str:
     return result.stdout + result.stderr
 
 
+def served(url: str, line: str, name: str) -> str:
+    """The exposition at ``url`` once it holds ``line``."""
+
+    def exposition() -> str | None:
+        response = httpx.get(f"{url}/metrics", timeout=2)
+        return response.text if response.status_code == 200 and line in response.text else None
+
+    text: str = wait_until(exposition, 60, f"{line} at {url} (log: {logs(name)})")
+    return text
+
+
 def healthy(name: str) -> bool:
     return podman("healthcheck", "run", name, check=False).returncode == 0
 
@@ -122,15 +133,7 @@ def test_the_demo_serves_through_a_published_port_read_only_as_its_own_user(
     port = free_port()
     run(image, container_name, "--demo", options=("--read-only", "-p", f"127.0.0.1:{port}:8377"))
     url = f"http://127.0.0.1:{port}"
-    text = wait_until(
-        lambda: (
-            (r := httpx.get(f"{url}/metrics", timeout=2)).status_code == 200
-            and "letta_environments{" in r.text
-            and r.text
-        ),
-        60,
-        f"the demo's metrics through the published port (log: {logs(container_name)})",
-    )
+    text = served(url, "letta_environments{", container_name)
     assert f'letta_exporter_build_info{{version="{VERSION}"}} 1.0' in text
     # Its own user, no capabilities, nothing writable outside /tmp.
     ids = in_container(container_name, "python", "-c", "import os; print(os.getuid(), os.getgid())")
@@ -209,15 +212,8 @@ def test_the_key_comes_from_a_mounted_file_and_is_nowhere_in_the_image(
                 f"{key_file}:/run/secrets/letta-api-key:ro",
             ),
         )
-        text = wait_until(
-            lambda: (
-                (r := httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)).status_code == 200
-                and 'letta_exporter_polls_total{result="success"} 1.0' in r.text
-                and r.text
-            ),
-            60,
-            f"a successful poll with the key from the file (log: {logs(container_name)})",
-        )
+        success = 'letta_exporter_polls_total{result="success"} 1.0'
+        text = served(f"http://127.0.0.1:{port}", success, container_name)
         assert 'letta_exporter_polls_total{result="auth_error"} 0.0' in text
         container = json.dumps(inspect(container_name))
         assert key not in container and key not in logs(container_name)

@@ -8,12 +8,9 @@ relay WebSocket, the exporter's CLI, Prometheus, Alertmanager and a webhook rece
 from __future__ import annotations
 
 import platform
-import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -64,15 +61,6 @@ def letta_code() -> dict[str, Path]:
     return commands
 
 
-@pytest.fixture
-def work() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="letta-code-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def platform_side(rule: ReRegistration = ReRegistration.SAME_ROW) -> SimulatorHTTPServer:
     """The simulated platform with no synthetic fleet: only what registers is listed."""
     sim = start_simulator(
@@ -108,11 +96,11 @@ def start(
     stack: ExitStack,
     sim: SimulatorHTTPServer,
     command: Path,
-    work: Path,
+    workdir: Path,
     name: str,
     key: str = API_KEY,
 ) -> Listener:
-    home = work / name
+    home = workdir / name
     home.mkdir()
     listener = Listener(command, name, sim.url, key, home)
     stack.callback(listener.stop)
@@ -168,15 +156,15 @@ def os_release() -> dict[str, str]:
 
 
 def test_every_fact_a_real_client_sends_reaches_the_exporter(
-    letta_code: dict[str, Path], work: Path
+    letta_code: dict[str, Path], workdir: Path
 ) -> None:
     """Two releases side by side: each fact either sent reaches `letta_environment_info` exactly,
     and the current release is PyPI's (npm's `latest` lags), so only the older one is behind."""
     with ExitStack() as stack:
         sim = platform_side()
         stack.callback(sim.close)
-        new = start(stack, sim, letta_code[CURRENT], work, "lab-current")
-        old = start(stack, sim, letta_code[OLDER], work, "lab-older")
+        new = start(stack, sim, letta_code[CURRENT], workdir, "lab-current")
+        old = start(stack, sim, letta_code[OLDER], workdir, "lab-older")
         sent = {listener.name: until_online(sim, listener) for listener in (new, old)}
         registry = (
             f"--version.registry-url={sim.url}/_registry",
@@ -265,14 +253,14 @@ def test_every_fact_a_real_client_sends_reaches_the_exporter(
 
 
 def test_a_healthy_client_stays_online_through_many_relay_timeouts(
-    letta_code: dict[str, Path], work: Path
+    letta_code: dict[str, Path], workdir: Path
 ) -> None:
     """Five lease timeouts of a client that only answers the relay's pings: one lease, never
     dropped, its heartbeat always younger than the timeout."""
     with ExitStack() as stack:
         sim = platform_side()
         stack.callback(sim.close)
-        listener = start(stack, sim, letta_code[CURRENT], work, "steady")
+        listener = start(stack, sim, letta_code[CURRENT], workdir, "steady")
         first = until_online(sim, listener)
         exporter = stack.enter_context(
             exporter_process(
@@ -297,11 +285,13 @@ def test_a_healthy_client_stays_online_through_many_relay_timeouts(
         assert len(beats) >= 5 * LEASE_TIMEOUT / HEARTBEAT - 2, sorted(beats)  # pongs, each second
 
 
-def test_a_wrong_key_is_refused_and_never_listed(letta_code: dict[str, Path], work: Path) -> None:
+def test_a_wrong_key_is_refused_and_never_listed(
+    letta_code: dict[str, Path], workdir: Path
+) -> None:
     with ExitStack() as stack:
         sim = platform_side()
         stack.callback(sim.close)
-        intruder = start(stack, sim, letta_code[CURRENT], work, "intruder", key="not-the-key")
+        intruder = start(stack, sim, letta_code[CURRENT], workdir, "intruder", key="not-the-key")
         assert intruder.process is not None
         code = intruder.process.wait(timeout=60)
         assert code != 0
@@ -311,14 +301,14 @@ def test_a_wrong_key_is_refused_and_never_listed(letta_code: dict[str, Path], wo
 
 @pytest.mark.parametrize("rule", list(ReRegistration), ids=[r.value for r in ReRegistration])
 def test_a_restart_under_the_same_name_is_the_same_machine(
-    letta_code: dict[str, Path], work: Path, rule: ReRegistration
+    letta_code: dict[str, Path], workdir: Path, rule: ReRegistration
 ) -> None:
     """Killed and started again: the same device and name register again; under either rule the
     platform might follow, the machine is online again under its `connection_name`."""
     with ExitStack() as stack:
         sim = platform_side(rule)
         stack.callback(sim.close)
-        listener = start(stack, sim, letta_code[CURRENT], work, "restarted")
+        listener = start(stack, sim, letta_code[CURRENT], workdir, "restarted")
         before = until_online(sim, listener)
         listener.kill()
         wait_until(lambda: online(sim, "restarted") is None, 10, "the lease cleared on SIGKILL")
@@ -347,7 +337,7 @@ def test_a_restart_under_the_same_name_is_the_same_machine(
 
 
 def test_killed_and_frozen_clients_page_and_a_restarted_one_does_not(
-    letta_code: dict[str, Path], work: Path
+    letta_code: dict[str, Path], workdir: Path
 ) -> None:
     """Three watched real clients: one SIGKILLed (its socket closes), one SIGSTOPped (its socket
     stays open, silent), one killed and started again under its name. The first two reach the
@@ -361,7 +351,7 @@ def test_killed_and_frozen_clients_page_and_a_restarted_one_does_not(
     with ExitStack() as stack:
         sim = platform_side()
         stack.callback(sim.close)
-        clients = {name: start(stack, sim, letta_code[CURRENT], work, name) for name in names}
+        clients = {name: start(stack, sim, letta_code[CURRENT], workdir, name) for name in names}
         for client in clients.values():
             until_online(sim, client)
         flags = (
@@ -371,7 +361,7 @@ def test_killed_and_frozen_clients_page_and_a_restarted_one_does_not(
         )
         replicas = [stack.enter_context(exporter_process(*flags)) for _ in range(2)]
         hooks = stack.enter_context(webhook_receiver())
-        prom_dir, am_dir = work / "prometheus", work / "alertmanager"
+        prom_dir, am_dir = workdir / "prometheus", workdir / "alertmanager"
         prom_dir.mkdir()
         am_dir.mkdir()
         am = stack.enter_context(alertmanager(hooks.url, am_dir))
