@@ -7,7 +7,7 @@
 # multi-architecture index, so a re-pushed tag cannot change the build. Where Docker Hub cannot
 # be reached, --build-arg PYTHON_IMAGE=... names another base with `python` and `pip` on PATH
 # (the test suite builds one from Debian's packages).
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
+ARG PYTHON_IMAGE=docker.io/library/python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -85,16 +85,25 @@ class _Polling:
         for lookup in self.lookups:
             lookup.close()
 
-    def refresh_releases(self) -> None:
-        """Every registry once, side by side: together bounded by one registry timeout."""
+    def refresh_releases(self, timeout: float) -> None:
+        """Every registry once, side by side, waited for at most ``timeout`` (a lookup's own
+        deadline: what outlasts it, a slow name lookup say, goes on in the background)."""
         threads = [
-            threading.Thread(target=lookup.refresh, name=f"release-lookup-{lookup.registry}")
+            threading.Thread(
+                target=lookup.refresh, name=f"release-lookup-{lookup.registry}", daemon=True
+            )
             for lookup in self.lookups
         ]
         for thread in threads:
             thread.start()
+        waited_until = time.monotonic() + timeout
         for thread in threads:
-            thread.join()
+            thread.join(max(0.0, waited_until - time.monotonic()))
+
+
+def _asked(config: Config) -> tuple[str, ...]:
+    """The registries whose release lookup runs."""
+    return tuple(settings.registry for settings in config.lookup_settings())
 
 
 def _polling(config: Config, metrics: ExporterMetrics) -> _Polling:
@@ -115,10 +124,10 @@ def _polling(config: Config, metrics: ExporterMetrics) -> _Polling:
 
 
 def _run_once(config: Config) -> int:
-    metrics = ExporterMetrics(config.poll_interval, process=False)
+    metrics = ExporterMetrics(config.poll_interval, process=False, registries=_asked(config))
     polling = _polling(config, metrics)
     try:
-        polling.refresh_releases()
+        polling.refresh_releases(config.version_registry_timeout)
         ok = polling.poller.poll_once()
     finally:
         polling.close()
@@ -149,7 +158,7 @@ def _run_forever(config: Config) -> int:
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    metrics = ExporterMetrics(config.poll_interval)
+    metrics = ExporterMetrics(config.poll_interval, registries=_asked(config))
     polling = _polling(config, metrics)
     poller = polling.poller
     try:
@@ -192,7 +201,7 @@ def _run_forever(config: Config) -> int:
 
     # Once before the first poll (bounded by the registry timeout), so that the first fleet
     # already compares against the registries' release; then each on its own schedule.
-    polling.refresh_releases()
+    polling.refresh_releases(config.version_registry_timeout)
     scheduler = BackgroundScheduler(timezone=UTC)
     for lookup in polling.lookups:
         scheduler.add_job(

@@ -5,9 +5,10 @@ A `HEALTHCHECK` runs in a process of its own, which knows nothing of the exporte
 reads them from `/proc`: the command line and environment of the exporter process (PID 1 in
 the image, else the first process running the exporter), parsed by the exporter's own
 configuration, so `--web.listen-address` and `--web.config.file` in flags or the config file
-are followed. With TLS it speaks https (the certificate is not checked: the question is whether
-this process answers); with basic auth a 401 is an answer; with client certificates required,
-an accepted TCP connection is. Exit 0 when healthy, 1 otherwise, one line on stderr saying why.
+are followed (relative paths from the exporter's working directory; its API key is not read).
+With TLS it speaks https (the certificate is not checked: the question is whether this process
+answers); with basic auth a 401 is an answer; with client certificates required, the server's
+part of a TLS handshake is. Exit 0 when healthy, 1 otherwise, one line on stderr saying why.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def _read_nul_separated(path: Path) -> list[str]:
 
 def find_exporter(
     pid: int | None = None, proc: Path = Path("/proc")
-) -> tuple[list[str], dict[str, str]] | None:
-    """The arguments and environment of the exporter process: ``pid``, or PID 1 first, then
-    the others."""
+) -> tuple[list[str], dict[str, str], Path] | None:
+    """The arguments, environment and working directory of the exporter process: ``pid``, or
+    PID 1 first, then the others."""
     if pid is not None:
         pids = [pid]
     else:
@@ -65,28 +66,34 @@ def find_exporter(
             if arguments is None:
                 continue
             pairs = _read_nul_separated(proc / str(pid) / "environ")
+            cwd = (proc / str(pid) / "cwd").resolve(strict=True)
         except OSError:
             continue  # gone, or another user's
         environ = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
-        return arguments, environ
+        return arguments, environ, cwd
     return None
 
 
-def check(arguments: Sequence[str], environ: dict[str, str]) -> str | None:
+def check(arguments: Sequence[str], environ: dict[str, str], cwd: Path | None = None) -> str | None:
     """None when the exporter configured by these answers; else why not."""
+    # Where it listens is the question, not its key: a key file rotated or removed since the
+    # exporter started must not make it unhealthy.
+    arguments = _without_key_file(arguments)
+    environ = {**environ, "LETTA_API_KEY": "health-check"}
+    previous = Path.cwd()
     try:
-        config = load_config(list(arguments), environ).config
+        if cwd is not None:
+            os.chdir(cwd)
+        config = load_config(arguments, environ).config
         web = load_web_config(config.web_config_file)
-    except (ConfigError, SystemExit) as exc:
+    except (ConfigError, SystemExit, OSError) as exc:
         return f"cannot read the exporter's configuration: {exc}"
+    finally:
+        os.chdir(previous)
     host, port = parse_listen_address(config.listen_address)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     if web.tls is not None and web.tls.client_auth_type != "NoClientCert":
-        try:
-            socket.create_connection((host, port), timeout=TIMEOUT).close()
-        except OSError as exc:
-            return f"{host}:{port}: {exc}"
-        return None
+        return _handshake(host, port)
     scheme = "https" if web.tls is not None else "http"
     context = None
     if web.tls is not None:
@@ -104,6 +111,39 @@ def check(arguments: Sequence[str], environ: dict[str, str]) -> str | None:
         return f"{url}: HTTP {exc.code}"
     except (OSError, ssl.SSLError) as exc:
         return f"{url}: {exc}"
+
+
+def _without_key_file(arguments: Sequence[str]) -> list[str]:
+    kept: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--letta.api-key-file":
+            skip = True  # its value is the next argument
+        elif not argument.startswith("--letta.api-key-file="):
+            kept.append(argument)
+    return kept
+
+
+def _handshake(host: str, port: int) -> str | None:
+    """The server's part of a TLS handshake, without a client certificate: a connection the
+    kernel accepted proves nothing (it queues them for a hung process too); the server's
+    answer does, even when it is an alert refusing us."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=TIMEOUT) as sock,
+            context.wrap_socket(sock) as tls,
+        ):
+            tls.version()
+    except ssl.SSLError:
+        return None  # it answered, with an alert: no certificate of ours
+    except OSError as exc:
+        return f"{host}:{port}: {exc}"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

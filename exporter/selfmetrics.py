@@ -17,7 +17,14 @@ from exporter.errors import LOOKUP_RESULTS, POLL_RESULTS, RELEASE_REGISTRIES
 class ExporterMetrics:
     """Counters and gauges about polling, updated by the poller, rendered at scrape time."""
 
-    def __init__(self, poll_interval: float, *, process: bool = True) -> None:
+    def __init__(
+        self,
+        poll_interval: float,
+        *,
+        process: bool = True,
+        registries: tuple[str, ...] = RELEASE_REGISTRIES,
+    ) -> None:
+        """``registries``: those whose release lookup runs, served from start-up at 0."""
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.up = Gauge(
@@ -80,7 +87,7 @@ class ExporterMetrics:
         self.poll_interval.set(poll_interval)
         for result in POLL_RESULTS:
             self.polls.labels(result=result)
-        for registry in RELEASE_REGISTRIES:
+        for registry in registries:
             self.release_last_success.labels(registry=registry)
             for result in LOOKUP_RESULTS:
                 self.release_lookups.labels(registry=registry, result=result)

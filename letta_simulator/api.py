@@ -560,7 +560,7 @@ class SimulatedFleet:
         beat = listener.last_heartbeat
         row: dict[str, Any] = {
             "id": listener.id,
-            "connectedAt": _ms(listener.connected_at) if listener.connected_at else None,
+            "connectedAt": None if listener.connected_at is None else _ms(listener.connected_at),
             "connectionId": listener.connection_id if leased else None,
             "connectionName": listener.connection_name,
             "deviceId": listener.device_id,
@@ -674,6 +674,13 @@ class SimulatedFleet:
             self.hidden.clear()
 
     # --- the list endpoint ---------------------------------------------------------------
+    def _rows_of(
+        self, machine: EnvironmentSpec | Listener, now: float
+    ) -> list[tuple[dict[str, Any], str]]:
+        if isinstance(machine, Listener):
+            return [self._listener_row(machine)]
+        return self.rows(machine, now)
+
     def _machines_from(
         self, start: int, after: str, query: dict[str, str]
     ) -> Iterator[EnvironmentSpec | Listener]:
@@ -728,13 +735,12 @@ class SimulatedFleet:
         now = self.clock()
         online_only = query.get("onlineOnly", "").lower() == "true"
         rows: list[dict[str, Any]] = []
+        cursor_row: list[dict[str, Any]] = []  # the row `after` names, for duplicate_rows
         full = False
         for machine in self._machines_from(start, after or "", query):
-            if isinstance(machine, Listener):
-                listed = [self._listener_row(machine)]
-            else:
-                listed = self.rows(machine, now)
-            for row, state in listed:
+            for row, state in self._rows_of(machine, now):
+                if after and row["id"] == after:
+                    cursor_row = [row]
                 if (after and row["id"] <= after) or (online_only and state != "online"):
                     continue
                 if len(rows) == limit:
@@ -746,12 +752,13 @@ class SimulatedFleet:
         has_next = full
         if faults.empty_pages and after:
             rows, has_next = [], True
-        elif faults.repeat_cursor and after and self.specs:
-            rows = [self.row(self.specs[0], now)[0]]
+        elif faults.repeat_cursor and after:  # the first machine's newest row, on every page
+            first = next(iter(self._machines_from(0, "", {})), None)
+            listed = self._rows_of(first, now) if first is not None else []
+            rows = [listed[-1][0]] if listed else []
             has_next = True
-        if faults.duplicate_rows and after and start < len(self.specs):
-            again = [r for r, _ in self.rows(self.specs[start], now) if r["id"] == after]
-            rows[:0] = again
+        if faults.duplicate_rows and after:
+            rows[:0] = cursor_row
         for position in range(min(faults.invalid_rows, len(rows))):
             rows[position] = {**rows[position], "lastSeenAt": "yesterday"}
         body = json.dumps({"connections": rows, "hasNextPage": has_next}).encode()

@@ -59,6 +59,14 @@ class Listener:
     connected_at: float | None = None
     """When the socket holding the lease opened; None while no socket holds it."""
     last_heartbeat: float | None = None
+    lease: int = 0
+    """Which socket holds the lease (0: none): a listener that reconnects with the same
+    `connectionId` takes the lease over, and the old socket's end no longer clears it."""
+
+    @property
+    def replaced(self) -> bool:
+        """A newer row of the same device and name took this one's place (`new-row`)."""
+        return not self.connection_id
 
 
 def user_of(api_key: str) -> str:
@@ -84,6 +92,7 @@ class ListenerRegistry:
     max_listeners: int = MAX_LISTENERS
     _rows: dict[str, Listener] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _leases: int = 0
 
     def register(self, api_key: str, document: dict[str, Any]) -> Listener:
         """A listener's `POST /v1/environments/register` body -> its row, with a new
@@ -105,11 +114,12 @@ class ListenerRegistry:
             ]
             if same and self.reregistration is ReRegistration.SAME_ROW:
                 row = replace(
-                    max(same, key=lambda r: r.registered),
+                    next(r for r in same if not r.replaced),
                     metadata=metadata,
                     registered=now,
                     connection_id=connection_id,
                     connected_at=None,
+                    lease=0,
                 )
             else:
                 if len(self._rows) >= self.max_listeners:
@@ -125,42 +135,49 @@ class ListenerRegistry:
                     connection_id=connection_id,
                 )
                 for old in same:  # a newer row replaces them: their leases and connections end
-                    self._rows[old.id] = replace(old, connected_at=None, connection_id="")
+                    self._rows[old.id] = replace(old, connected_at=None, lease=0, connection_id="")
             self._rows[row.id] = row
             return row
 
-    def connect(self, connection_id: str) -> Listener | None:
-        """The socket of ``connection_id`` opened: its row takes the lease. None when no row's
-        newest registration has that id."""
+    def connect(self, connection_id: str) -> int | None:
+        """A socket of ``connection_id`` opened: its row's lease is this socket's (returned),
+        whichever socket held it before. None when no row's newest registration has that id."""
         now = self.clock()
         with self._lock:
             for row in self._rows.values():
                 if connection_id and row.connection_id == connection_id:
-                    row = replace(row, connected_at=now, last_heartbeat=now)
-                    self._rows[row.id] = row
-                    return row
+                    self._leases += 1
+                    self._rows[row.id] = replace(
+                        row, connected_at=now, last_heartbeat=now, lease=self._leases
+                    )
+                    return self._leases
         return None
 
-    def heartbeat(self, connection_id: str) -> bool:
-        """A ping or pong of ``connection_id`` arrived; False once it no longer holds a lease."""
+    def heartbeat(self, lease: int) -> bool:
+        """A ping or pong on the socket holding ``lease`` arrived; False once the lease is
+        gone (timed out, taken over by a newer socket, or its row registered again)."""
         now = self.clock()
         with self._lock:
-            for row in self._rows.values():
-                if row.connection_id == connection_id and row.connected_at is not None:
-                    beat = row.last_heartbeat if row.last_heartbeat is not None else now
-                    if now - beat > self.lease_timeout:  # too late: the lease was lost
-                        self._rows[row.id] = replace(row, connected_at=None)
-                        return False
-                    self._rows[row.id] = replace(row, last_heartbeat=now)
-                    return True
-        return False
+            row = self._holding(lease)
+            if row is None:
+                return False
+            beat = row.last_heartbeat if row.last_heartbeat is not None else now
+            if now - beat > self.lease_timeout:  # too late: the lease was lost
+                self._rows[row.id] = replace(row, connected_at=None, lease=0)
+                return False
+            self._rows[row.id] = replace(row, last_heartbeat=now)
+            return True
 
-    def disconnect(self, connection_id: str) -> None:
-        """The socket of ``connection_id`` closed or fell silent: its lease is cleared."""
+    def disconnect(self, lease: int) -> None:
+        """The socket holding ``lease`` closed or fell silent: the lease is cleared, unless
+        another socket took it over."""
         with self._lock:
-            for row in self._rows.values():
-                if row.connection_id == connection_id and row.connected_at is not None:
-                    self._rows[row.id] = replace(row, connected_at=None)
+            row = self._holding(lease)
+            if row is not None:
+                self._rows[row.id] = replace(row, connected_at=None, lease=0)
+
+    def _holding(self, lease: int) -> Listener | None:
+        return next((r for r in self._rows.values() if lease and r.lease == lease), None)
 
     def rows(self) -> list[Listener]:
         """Every listed row, by id (the cursor order), silent leases cleared as of now."""
@@ -170,15 +187,11 @@ class ListenerRegistry:
             return sorted(self._rows.values(), key=lambda r: r.id)
 
     def _expire(self, now: float) -> None:
-        """Clear the leases silent for longer than the lease timeout; drop rows past their ttl."""
-        newest: dict[tuple[str, str, str], float] = {}
-        for row in self._rows.values():
-            key = (row.device_id, row.connection_name, row.user_id)
-            newest[key] = max(newest.get(key, row.registered), row.registered)
+        """Clear the leases silent for longer than the lease timeout; drop replaced rows past
+        their ttl (the newest row of a device and name stays, however old)."""
         for row in list(self._rows.values()):
             beat = row.last_heartbeat if row.last_heartbeat is not None else row.registered
             if row.connected_at is not None and now - beat > self.lease_timeout:
-                self._rows[row.id] = row = replace(row, connected_at=None)
-            replaced = row.registered < newest[(row.device_id, row.connection_name, row.user_id)]
-            if row.connected_at is None and replaced and now - beat > self.row_ttl:
+                self._rows[row.id] = row = replace(row, connected_at=None, lease=0)
+            if row.replaced and now - beat > self.row_ttl:
                 del self._rows[row.id]

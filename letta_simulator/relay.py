@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from websockets.exceptions import InvalidState, ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -50,37 +51,47 @@ class Relay:
         self, sock: socket.socket, path: str, headers: list[tuple[str, str]], authorised: bool
     ) -> None:
         """Answer the upgrade request already read from ``sock``, then hold the socket until it
-        closes, falls silent or the simulator stops."""
+        closes, falls silent, loses its lease to a newer socket, or the simulator stops."""
         protocol = ServerProtocol(max_size=_MAX_FRAME, logger=_protocol_log)
         # The protocol parses the handshake itself before any frame: hand it the request as sent.
         head = "".join(f"{name}: {value}\r\n" for name, value in headers)
         protocol.receive_data(f"GET {path} HTTP/1.1\r\n{head}\r\n".encode("latin-1"))
-        request = next(e for e in protocol.events_received() if isinstance(e, Request))
+        request = next((e for e in protocol.events_received() if isinstance(e, Request)), None)
+        if request is None:  # e.g. a header longer than the protocol takes: it has given up
+            body = f"Bad WebSocket handshake: {protocol.handshake_exc}\n".encode()
+            head = f"HTTP/1.1 400 Bad Request\r\nContent-Length: {len(body)}\r\n"
+            sock.sendall(f"{head}Connection: close\r\n\r\n".encode() + body)
+            return
         response = protocol.accept(request)
         connection_id = _query(path).get("connectionId", "")
+        lease = None
         if response.status_code == 101:
             if not authorised:
                 response = protocol.reject(401, "Unauthorized: missing or invalid API key\n")
-            elif self.registry.connect(connection_id) is None:
-                response = protocol.reject(404, "No registration has this connectionId\n")
+            else:
+                lease = self.registry.connect(connection_id)
+                if lease is None:
+                    response = protocol.reject(404, "No registration has this connectionId\n")
         protocol.send_response(response)
         _flush(sock, protocol)
-        if response.status_code != 101:
+        if lease is None:
             return
         log.info("relay: %s connected", connection_id)
         try:
-            self._hold(sock, protocol, connection_id)
-        except OSError as exc:
-            log.info("relay: %s socket error: %s", connection_id, exc)
+            self._hold(sock, protocol, connection_id, lease)
+        except (OSError, InvalidState, ProtocolError) as exc:
+            log.info("relay: %s ended: %s", connection_id, exc)
         finally:
-            self.registry.disconnect(connection_id)
-            log.info("relay: %s lease cleared", connection_id)
+            self.registry.disconnect(lease)
+            log.info("relay: %s socket closed", connection_id)
 
     def close(self) -> None:
         """Stop every socket's loop; each clears its lease as it ends."""
         self._closing.set()
 
-    def _hold(self, sock: socket.socket, protocol: ServerProtocol, connection_id: str) -> None:
+    def _hold(
+        self, sock: socket.socket, protocol: ServerProtocol, connection_id: str, lease: int
+    ) -> None:
         # How long it waits on its socket before it looks at the clock again: a twentieth of
         # its shortest timing, between 50 ms and half a second (a stop waits for one tick).
         sock.settimeout(min(0.5, max(0.05, min(self.ping_interval, self.lease_timeout) / 20)))
@@ -105,12 +116,14 @@ class Relay:
             else:
                 protocol.receive_eof()
             for frame in protocol.events_received():
-                if not isinstance(frame, Frame):
-                    continue
+                if not isinstance(frame, Frame) or protocol.state is not State.OPEN:
+                    continue  # closing: what else the listener sent gets no answer
                 if frame.opcode in (Opcode.PING, Opcode.PONG, Opcode.TEXT, Opcode.BINARY):
                     last_heard = time.monotonic()
-                    if not self.registry.heartbeat(connection_id):
-                        protocol.send_close(1001, "lease timed out")
+                    if not self.registry.heartbeat(lease):
+                        log.info("relay: %s no longer holds the lease", connection_id)
+                        protocol.send_close(1001, "lease lost")
+                        continue
                 if frame.opcode is Opcode.TEXT:
                     log.debug("relay: %s sent %.200r", connection_id, bytes(frame.data))
                     if _is_ping(bytes(frame.data)):

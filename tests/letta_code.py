@@ -14,10 +14,8 @@ import signal
 import subprocess
 import sys
 import venv
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tests.conftest import ROOT, stop_process
 
@@ -121,20 +119,3 @@ class Listener:
 
     def output(self) -> str:
         return "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in self.logs)
-
-
-@contextmanager
-def listeners(command: Path, base_url: str, api_key: str, work: Path, *names: str) -> Any:
-    """Start a listener for each name, each with its own `HOME`; all stopped afterwards."""
-    started = []
-    try:
-        for name in names:
-            home = work / name
-            home.mkdir(parents=True)
-            listener = Listener(command, name, base_url, api_key, home)
-            listener.start()
-            started.append(listener)
-        yield started
-    finally:
-        for listener in started:
-            listener.stop()

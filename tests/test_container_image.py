@@ -266,7 +266,10 @@ def test_the_kubernetes_deployment_runs_under_podman_kube_play(image: str, tmp_p
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == f"letta-environments-exporter:{VERSION}"
-    podman("tag", image, f"localhost/letta-environments-exporter:{VERSION}")
+    tag = f"localhost/letta-environments-exporter:{VERSION}"
+    # The manifest names the release's tag: lend it to the test's image, then give it back.
+    owner = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False)
+    podman("tag", image, tag)
     port = free_port()
     container["args"] = [*container.get("args", []), "--demo"]
     (metrics,) = container["ports"]
@@ -280,6 +283,7 @@ def test_the_kubernetes_deployment_runs_under_podman_kube_play(image: str, tmp_p
     assert example["metadata"]["name"] == ref["name"] and ref["key"] in example["stringData"]
     secret_file = tmp_path / "secret.json"
     secret_file.write_text(json.dumps({ref["key"]: base64.b64encode(key.encode()).decode()}))
+    podman("secret", "rm", ref["name"], check=False)  # left by an interrupted run
     podman("secret", "create", ref["name"], str(secret_file))
     try:
         podman("kube", "play", str(played), timeout=300)
@@ -314,4 +318,7 @@ def test_the_kubernetes_deployment_runs_under_podman_kube_play(image: str, tmp_p
     finally:
         podman("kube", "down", str(played), check=False)
         podman("secret", "rm", ref["name"], check=False)
-        podman("rmi", f"localhost/letta-environments-exporter:{VERSION}", check=False)
+        if owner.returncode == 0:
+            podman("tag", owner.stdout.strip(), tag)
+        else:
+            podman("untag", image, tag, check=False)

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -45,7 +46,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 BASE_IMAGE = re.compile(
-    r"^python:3\.11\.\d+-slim-bookworm@sha256:(?P<digest>[0-9a-f]{64})(?: AS (?P<stage>\w+))?$"
+    r"^docker\.io/library/python:3\.11\.\d+-slim-bookworm@sha256:(?P<digest>[0-9a-f]{64})$"
 )
 
 
@@ -375,27 +376,35 @@ def test_healthcheck_follows_the_exporters_listen_address(listen: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_healthcheck_follows_tls_and_basic_auth(tmp_path: Path) -> None:
-    """The address and the web configuration in a config file, not in flags."""
+@pytest.mark.parametrize("clients", ["any client", "client certificates required"])
+def test_healthcheck_follows_tls_and_basic_auth(tmp_path: Path, clients: str) -> None:
+    """The address and the web configuration in a config file, not in flags, with a relative
+    path from the exporter's working directory; a frozen exporter is not healthy."""
+    from exporter.healthcheck import check
+
     pki = make_pki(tmp_path / "pki")
     hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
-    web = tmp_path / "web.yml"
-    web.write_text(
-        f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
-        f"basic_auth_users:\n  prometheus: '{hashed}'\n"
+    tls = f"  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
+    if clients != "any client":
+        tls += f"  client_ca_file: {pki.ca}\n  client_auth_type: RequireAndVerifyClientCert\n"
+    (tmp_path / "web.yml").write_text(
+        f"tls_server_config:\n{tls}basic_auth_users:\n  prometheus: '{hashed}'\n"
     )
     port = free_port()
-    config = tmp_path / "config.yml"
-    config.write_text(f"web.listen-address: 127.0.0.1:{port}\nweb.config.file: {web}\n")
+    (tmp_path / "config.yml").write_text(
+        f"web.listen-address: 127.0.0.1:{port}\nweb.config.file: web.yml\n"
+    )
+    arguments = ["--demo", "--config.file=config.yml"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--demo", f"--config.file={config}"],
-        env={**os.environ, "LETTA_API_KEY": "k"},
+        [sys.executable, "-m", "exporter", *arguments],
+        env={**os.environ, "LETTA_API_KEY": "k", "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        cwd=ROOT,
+        cwd=tmp_path,
     )
     try:
-        with httpx.Client(verify=pki.client_context()) as client:
+        client_cert = None if clients == "any client" else "trusted"
+        with httpx.Client(verify=pki.client_context(client=client_cert)) as client:
             wait_until(
                 lambda: client.get(f"https://127.0.0.1:{port}/-/healthy").status_code == 401,
                 20,
@@ -403,9 +412,15 @@ def test_healthcheck_follows_tls_and_basic_auth(tmp_path: Path) -> None:
             )
         result = run_healthcheck(process.pid)
         assert result.returncode == 0, result.stderr
+        process.send_signal(signal.SIGSTOP)  # it still holds its socket; nothing answers
+        try:
+            frozen = run_healthcheck(process.pid)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        assert frozen.returncode == 1, frozen.stderr
         stop_process(process)
-        stopped = run_healthcheck(os.getpid())  # nothing to ask any more
-        assert stopped.returncode == 1
+        problem = check(arguments, {}, cwd=tmp_path)
+        assert problem is not None and "Connection refused" in problem
     finally:
         stop_process(process)
 

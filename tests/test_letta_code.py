@@ -61,13 +61,15 @@ def letta_code() -> dict[str, Path]:
     return commands
 
 
-def platform_side(rule: ReRegistration = ReRegistration.SAME_ROW) -> SimulatorHTTPServer:
+def platform_side(
+    rule: ReRegistration = ReRegistration.SAME_ROW, lease_timeout: float = LEASE_TIMEOUT
+) -> SimulatorHTTPServer:
     """The simulated platform with no synthetic fleet: only what registers is listed."""
     sim = start_simulator(
         fleet_size=0,
         api_key=API_KEY,
         heartbeat_interval=HEARTBEAT,
-        lease_timeout=LEASE_TIMEOUT,
+        lease_timeout=lease_timeout,
         reregistration=rule,
     )
     sim.latest["npm"] = NPM_LATEST
@@ -306,7 +308,8 @@ def test_a_restart_under_the_same_name_is_the_same_machine(
     """Killed and started again: the same device and name register again; under either rule the
     platform might follow, the machine is online again under its `connection_name`."""
     with ExitStack() as stack:
-        sim = platform_side(rule)
+        # A minute's lease timeout: what clears the lease at once is the killed socket's end.
+        sim = platform_side(rule, lease_timeout=60)
         stack.callback(sim.close)
         listener = start(stack, sim, letta_code[CURRENT], workdir, "restarted")
         before = until_online(sim, listener)

@@ -268,6 +268,9 @@ def test_which_registries_are_asked() -> None:
     assert [s.registry for s in make_config(version_pypi=False).lookup_settings()] == ["npm"]
     assert [s.registry for s in make_config(version_registry=False).lookup_settings()] == ["pypi"]
     assert make_config(version_target="0.34.12").lookup_settings() == ()
+    # Only the registries asked have lookup series.
+    served = ExporterMetrics(60, process=False, registries=("npm",)).render().decode()
+    assert 'registry="npm"' in served and 'registry="pypi"' not in served
 
 
 def test_pypi_documents_read_the_first_upload_and_skip_yanked_files() -> None:
@@ -317,7 +320,8 @@ def test_the_newest_release_of_both_channels_counts() -> None:
     assert tie is not None and tie.source == "registry"  # a tie: the first given, npm
     odd = newest_release((replace(npm, latest="garbage"), pypi))
     assert odd is not None and odd.source == "pypi"  # an unparsable answer never wins
-    assert newest_release((npm, replace(pypi, latest="garbage"))) is not None
+    kept = newest_release((npm, replace(pypi, latest="garbage")))
+    assert kept is not None and kept.source == "registry"
     assert newest_release((None, None)) is None
     # With the fleet of the real clients (0.34.12 and 0.33.8): npm alone counts 0.33.8 current.
     views = view(fixture_snapshot(), 120)

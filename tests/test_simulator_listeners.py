@@ -97,9 +97,23 @@ def test_a_refused_registration_never_becomes_a_row(
     assert [r["id"] for r in every_row(platform)] == before
 
 
+@pytest.fixture
+def long_leases() -> Iterator[SimulatorHTTPServer]:
+    """A relay that waits a minute before it clears a silent lease: what clears one sooner is
+    the socket's end."""
+    server = start_simulator(
+        fleet_size=0, api_key=API_KEY, heartbeat_interval=0.25, lease_timeout=60
+    )
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 def test_the_socket_holds_the_lease_answers_pings_and_closing_it_clears_the_lease(
-    platform: SimulatorHTTPServer,
+    long_leases: SimulatorHTTPServer,
 ) -> None:
+    platform = long_leases
     answer = register(platform, "box-2")
     with connect(answer["wsUrl"], additional_headers=AUTH) as ws:
         row = wait_until(lambda: row_of(platform, "box-2")["connectionId"], 10, "the lease")
@@ -115,6 +129,43 @@ def test_the_socket_holds_the_lease_answers_pings_and_closing_it_clears_the_leas
         )
         assert row_of(platform, "box-2")["connectedAt"] == leased["connectedAt"]
     wait_until(lambda: row_of(platform, "box-2")["connectionId"] is None, 10, "the lease cleared")
+    # A second socket of the same connection takes the lease; the first one's end leaves it.
+    url = answer["wsUrl"]
+    with connect(url, additional_headers=AUTH) as first:
+        held = wait_until(lambda: row_of(platform, "box-2")["connectedAt"], 10, "the lease")
+        with connect(url, additional_headers=AUTH) as second:
+            taken = wait_until(
+                lambda: (at := row_of(platform, "box-2")["connectedAt"]) != held and at,
+                10,
+                "the second socket's lease",
+            )
+            first.close()
+            second.send(json.dumps({"type": "ping"}))
+            assert json.loads(second.recv(timeout=5)) == {"type": "pong"}
+            assert row_of(platform, "box-2")["connectedAt"] == taken
+    wait_until(lambda: row_of(platform, "box-2")["connectionId"] is None, 10, "cleared again")
+
+
+def test_a_handshake_the_protocol_refuses_is_a_400(long_leases: SimulatorHTTPServer) -> None:
+    answer = register(long_leases, "box-5")
+    headers = {**AUTH, "X-Padding": "x" * 9000}  # http.server takes it; the protocol does not
+    with pytest.raises(InvalidStatus) as refused:
+        connect(answer["wsUrl"], additional_headers=headers)
+    assert refused.value.response.status_code == 400
+
+
+def test_the_cursor_faults_reach_registered_rows(long_leases: SimulatorHTTPServer) -> None:
+    for index in range(3):
+        register(long_leases, f"real-{index}", device=f"dev-{index}")
+    first, *rest = every_row(long_leases, limit=1)
+    httpx.post(f"{long_leases.url}/_simulator/faults", json={"duplicate_rows": True})
+    query = {"limit": "1", "after": first["id"]}
+    page = httpx.get(f"{long_leases.url}/v1/environments", params=query, headers=AUTH).json()
+    assert [r["id"] for r in page["connections"]] == [first["id"], rest[0]["id"]]
+    httpx.post(f"{long_leases.url}/_simulator/faults", json={"repeat_cursor": True})
+    query = {"limit": "1", "after": rest[1]["id"]}
+    page = httpx.get(f"{long_leases.url}/v1/environments", params=query, headers=AUTH).json()
+    assert [r["id"] for r in page["connections"]] == [first["id"]] and page["hasNextPage"]
 
 
 @pytest.mark.parametrize(
@@ -211,21 +262,23 @@ def test_registering_again_follows_the_chosen_rule(rule: ReRegistration) -> None
     registry = ListenerRegistry(lease_timeout=3, row_ttl=60, reregistration=rule, clock=clock)
     body = {"deviceId": "dev", "connectionName": "box"}
     first = registry.register("key", body)
-    assert registry.connect(first.connection_id) is not None
+    old_lease = registry.connect(first.connection_id)
+    assert old_lease is not None
     clock.now += 1
     second = registry.register("key", body)
     assert second.connection_id != first.connection_id
     # The old connection no longer holds a lease; the new one can take it.
-    assert not registry.heartbeat(first.connection_id)
+    assert not registry.heartbeat(old_lease)
     assert registry.connect(first.connection_id) is None
-    assert registry.connect(second.connection_id) is not None
+    new_lease = registry.connect(second.connection_id)
+    assert new_lease is not None
     rows = registry.rows()
     if rule is ReRegistration.SAME_ROW:
         assert [r.id for r in rows] == [first.id] and rows[0].first_seen == first.first_seen
     else:
         assert {r.id for r in rows} == {first.id, second.id}
         clock.now += 61  # the replaced row ages out; the newest row stays whatever its age
-        assert registry.heartbeat(second.connection_id) is False  # silent too long: cleared
+        assert registry.heartbeat(new_lease) is False  # silent too long: cleared
         assert [r.id for r in registry.rows()] == [second.id]
     # Another key's owner registering the same device and name is another machine's row.
     assert registry.register("other", body).user_id == user_of("other")
@@ -235,13 +288,43 @@ def test_a_lease_is_cleared_after_the_timeout_without_a_heartbeat() -> None:
     clock = Clock()
     registry = ListenerRegistry(lease_timeout=3, row_ttl=60, clock=clock)
     listener = registry.register("key", {"deviceId": "d", "connectionName": "n"})
-    registry.connect(listener.connection_id)
+    lease = registry.connect(listener.connection_id)
+    assert lease is not None
     clock.now += 2.9
-    assert registry.heartbeat(listener.connection_id)
+    assert registry.heartbeat(lease)
     clock.now += 2.9
     assert registry.rows()[0].connected_at is not None
     clock.now += 0.2
     assert registry.rows()[0].connected_at is None
+
+
+def test_a_socket_that_reconnects_takes_the_lease_and_the_old_ones_end_leaves_it() -> None:
+    """A listener reconnects with the same connectionId while its old socket is still open
+    (a half-open connection): the new socket holds the lease; the old one's heartbeats and its
+    end change nothing."""
+    clock = Clock()
+    registry = ListenerRegistry(lease_timeout=120, clock=clock)
+    listener = registry.register("key", {"deviceId": "d", "connectionName": "n"})
+    old = registry.connect(listener.connection_id)
+    clock.now += 90
+    new = registry.connect(listener.connection_id)
+    assert old is not None and new is not None and old != new
+    assert not registry.heartbeat(old)
+    registry.disconnect(old)
+    (row,) = registry.rows()
+    assert row.connected_at == clock.now and registry.heartbeat(new)
+    registry.disconnect(new)
+    assert registry.rows()[0].connected_at is None
+
+
+def test_registered_in_the_same_instant_the_replaced_row_still_ages_out() -> None:
+    clock = Clock()
+    registry = ListenerRegistry(row_ttl=60, reregistration=ReRegistration.NEW_ROW, clock=clock)
+    body = {"deviceId": "d", "connectionName": "n"}
+    registry.register("key", body)
+    newest = registry.register("key", body)  # the same clock reading
+    clock.now += 61
+    assert [r.id for r in registry.rows()] == [newest.id]
 
 
 def test_the_registry_is_bounded() -> None:
