@@ -7,6 +7,7 @@ relay WebSocket, the exporter's CLI, Prometheus, Alertmanager and a webhook rece
 
 from __future__ import annotations
 
+import os
 import platform
 import signal
 import sys
@@ -229,7 +230,16 @@ def test_every_fact_a_real_client_sends_reaches_the_exporter(
             == 1
         )
         assert value(samples, "letta_environments_memory_bytes_count") == 1  # only 0.34 says
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         assert value(samples, "letta_environments_memory_bytes_sum") == machine["memoryBytes"]
+        assert machine["memoryBytes"] == memory
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+        assert machine["cpu"] == cpu
+        assert value(samples, "letta_environments_cpu", cpu=cpu) == 1
 
         # The current release is the newest of both channels: PyPI's, so 0.33 is behind.
         assert (
