@@ -285,6 +285,26 @@ def flushed_after(am: Server, hooks: WebhookReceiver) -> None:
     )
 
 
+def alerting_stack(
+    stack: ExitStack, base_url: str, rules: str, workdir: Path
+) -> tuple[WebhookReceiver, Server, Server]:
+    """Two exporter replicas of one job polling ``base_url`` every second, Alertmanager with
+    the example routing to a webhook of the test's, and Prometheus with ``rules`` scraping the
+    replicas: (webhook, Alertmanager, Prometheus)."""
+    flags = (
+        f"--letta.base-url={base_url}",
+        "--letta.poll-interval=1s",
+        "--letta.online-threshold=3s",
+    )
+    # Two replicas of one job polling the same organisation: an alert must page once.
+    replicas = [stack.enter_context(exporter_process(*flags)) for _ in range(2)]
+    hooks = stack.enter_context(webhook_receiver())
+    am = stack.enter_context(alertmanager(hooks.url, workdir))
+    targets = [urlsplit(r.url).netloc for r in replicas]
+    prom = stack.enter_context(prometheus([{"targets": targets}], am.url, rules, workdir))
+    return hooks, am, prom
+
+
 # --- the tests ----------------------------------------------------------------------------
 
 
@@ -322,17 +342,7 @@ def test_dead_and_stuck_machines_page_once_through_alertmanager_and_resolve(
         watch = f'connection_name=~"{"|".join(names)}"'
         short = merge(SHORT_RULES, {"alerts": {OFFLINE: {"selector": watch}}})
         rules = rules_text(merge(load_config(), short))
-        flags = (
-            f"--letta.base-url={sim.url}",
-            "--letta.poll-interval=1s",
-            "--letta.online-threshold=3s",
-        )
-        # Two replicas of one job polling the same organisation: the alert must page once.
-        replicas = [stack.enter_context(exporter_process(*flags)) for _ in range(2)]
-        hooks = stack.enter_context(webhook_receiver())
-        am = stack.enter_context(alertmanager(hooks.url, workdir))
-        targets = [urlsplit(r.url).netloc for r in replicas]
-        prom = stack.enter_context(prometheus([{"targets": targets}], am.url, rules, workdir))
+        hooks, am, prom = alerting_stack(stack, sim.url, rules, workdir)
         servers = (prom, am)
 
         specs = {spec.id: spec for spec in sim.fleet.specs}

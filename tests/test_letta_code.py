@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -31,13 +30,11 @@ from tests.letta_code import CURRENT, OLDER, Listener, install, node_version
 from tests.test_alerting_e2e import (
     OFFLINE,
     START_TIMEOUT,
-    alertmanager,
-    prometheus,
+    alerting_stack,
     query,
     rules_evaluated_after,
     scalar,
     wait_for,
-    webhook_receiver,
 )
 from tests.test_alerts import JOB, rules_text
 
@@ -367,19 +364,7 @@ def test_killed_and_frozen_clients_page_and_a_restarted_one_does_not(
         clients = {name: start(stack, sim, letta_code[CURRENT], workdir, name) for name in names}
         for client in clients.values():
             until_online(sim, client)
-        flags = (
-            f"--letta.base-url={sim.url}",
-            "--letta.poll-interval=1s",
-            "--letta.online-threshold=3s",
-        )
-        replicas = [stack.enter_context(exporter_process(*flags)) for _ in range(2)]
-        hooks = stack.enter_context(webhook_receiver())
-        prom_dir, am_dir = workdir / "prometheus", workdir / "alertmanager"
-        prom_dir.mkdir()
-        am_dir.mkdir()
-        am = stack.enter_context(alertmanager(hooks.url, am_dir))
-        targets = [urlsplit(r.url).netloc for r in replicas]
-        prom = stack.enter_context(prometheus([{"targets": targets}], am.url, rules, prom_dir))
+        hooks, am, prom = alerting_stack(stack, sim.url, rules, workdir)
         servers = (prom, am)
         wait_for(
             lambda: scalar(prom, f'count({WATCHED}{{job="{JOB}"}} == 1)') == 3,
