@@ -824,6 +824,7 @@ class SimulatorHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
+        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         if parts.path.startswith("/_registry/"):
             self._json(
                 200,
@@ -845,7 +846,11 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             return
         if parts.path == RELAY_PATH and self.headers.get("Upgrade", "").lower() == "websocket":
             self.server.relay.serve(
-                self.connection, self.path, list(self.headers.items()), self._authorised()
+                self.connection,
+                self.path,
+                list(self.headers.items()),
+                connection_id=query.get("connectionId", ""),
+                authorised=self._authorised(),
             )
             self.close_connection = True
             return
@@ -853,7 +858,6 @@ class SimulatorHandler(BaseHTTPRequestHandler):
             if not self._authorised():
                 self._json(401, {"error": "Unauthorized: missing or invalid API key"})
                 return
-            query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
             status, headers, body = self.server.fleet.list_page(query)
             truncated = headers.pop("X-Simulator-Truncated", None)
             self.send_response(status)

@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
 
 from websockets.exceptions import InvalidState, ProtocolError
 from websockets.frames import Frame, Opcode
@@ -48,7 +47,13 @@ class Relay:
     _closing: threading.Event = field(default_factory=threading.Event)
 
     def serve(
-        self, sock: socket.socket, path: str, headers: list[tuple[str, str]], authorised: bool
+        self,
+        sock: socket.socket,
+        path: str,
+        headers: list[tuple[str, str]],
+        *,
+        connection_id: str,
+        authorised: bool,
     ) -> None:
         """Answer the upgrade request already read from ``sock``, then hold the socket until it
         closes, falls silent, loses its lease to a newer socket, or the simulator stops."""
@@ -63,7 +68,6 @@ class Relay:
             sock.sendall(f"{head}Connection: close\r\n\r\n".encode() + body)
             return
         response = protocol.accept(request)
-        connection_id = _query(path).get("connectionId", "")
         lease = None
         if response.status_code == 101:
             if not authorised:
@@ -142,10 +146,6 @@ def _is_ping(data: bytes) -> bool:
     except ValueError:
         return False
     return isinstance(message, dict) and message.get("type") == "ping"
-
-
-def _query(path: str) -> dict[str, str]:
-    return {key: values[-1] for key, values in parse_qs(urlsplit(path).query).items()}
 
 
 def _flush(sock: socket.socket, protocol: ServerProtocol) -> None:

@@ -25,7 +25,7 @@ from letta_simulator.listeners import ReRegistration
 from monitoring.rules import WATCHED
 from monitoring.settings import load_config, merge
 from tests.conftest import API_KEY, TIME_TO_KNOW, exporter_process, wait_until
-from tests.fleet import samples_by_name
+from tests.fleet import Samples, samples_by_name, total
 from tests.letta_code import CURRENT, OLDER, Listener, install, node_version
 from tests.test_alerting_e2e import (
     OFFLINE,
@@ -122,11 +122,11 @@ def until_online(sim: SimulatorHTTPServer, listener: Listener) -> dict[str, Any]
     return row
 
 
-def series(exporter_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+def series(exporter_url: str) -> Samples:
     return samples_by_name(httpx.get(f"{exporter_url}/metrics", timeout=5).content)
 
 
-def info_of(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> dict[str, str]:
+def info_of(samples: Samples, name: str) -> dict[str, str]:
     rows = [
         labels
         for labels, _ in samples.get("letta_environment_info", [])
@@ -136,12 +136,8 @@ def info_of(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -
     return rows[0]
 
 
-def value(
-    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
-) -> float:
-    return sum(
-        v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items())
-    )
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return total(samples.get(name, []), **labels)
 
 
 def os_release() -> dict[str, str]:
